@@ -1,0 +1,280 @@
+"""The pipeline's one typed config schema: YAML file + ``--set a.b=c`` overrides.
+
+Secrets never come from here: S3 credentials come from the standard AWS environment
+variables or a mounted credentials file (``AWS_SHARED_CREDENTIALS_FILE``), which both
+pyarrow and boto3 read through the AWS default credential chain.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+# KubeRay (>= 1.1) labels every Ray node with its group name under this key; the Helm chart
+# names its worker groups `data` and `train`. These defaults are what the chart renders too.
+NODE_GROUP_LABEL = "ray.io/node-group"
+DATA_GROUP = "data"
+TRAIN_GROUP = "train"
+
+SECRET_KEYS = {
+    "access_key",
+    "access_key_id",
+    "aws_access_key_id",
+    "secret_key",
+    "secret_access_key",
+    "aws_secret_access_key",
+    "session_token",
+    "aws_session_token",
+    "password",
+    "token",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Placement(_Section):
+    """Which Ray nodes may run this part of the job, by node label (empty: any node)."""
+
+    selector: dict[str, str] = Field(default_factory=dict)
+
+
+class Augmentation(_Section):
+    """Random per-batch augmentation of training images; different in every epoch."""
+
+    enabled: bool = True
+    max_shift_px: int = Field(1, ge=0, description="random translation, pixels each way")
+    horizontal_flip: bool = False
+    brightness: float = Field(0.1, ge=0, le=1, description="random brightness scale +/-")
+    noise_std: float = Field(0.0, ge=0, le=1, description="gaussian noise, in [0,1] units")
+
+
+class Preprocessing(_Section):
+    """Normalisation applied after decode (and augmentation): (x/255 - mean) / std."""
+
+    mean: list[float] = Field(default_factory=lambda: [0.5])
+    std: list[float] = Field(default_factory=lambda: [0.5])
+    augmentation: Augmentation = Field(default_factory=Augmentation)
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: list[float]) -> list[float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("every std must be > 0")
+        return v
+
+
+class DataSection(_Section):
+    train_uri: str = "data/digits/train"
+    validation_uri: str = "data/digits/validation"
+    image_column: str = "image"
+    label_column: str = "label"
+    image_encoding: Literal["png", "jpeg", "raw"] = "png"
+    image_shape: tuple[int, int, int] = Field(
+        (8, 8, 1), description="height, width, channels of the decoded image"
+    )
+    num_classes: int = Field(10, ge=2)
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    file_shuffle: bool = True
+    shuffle_seed: int | None = None
+    local_shuffle_buffer: int = Field(1024, ge=0, description="rows; 0 disables")
+    batch_size: int = Field(64, ge=1, description="per train worker")
+    validation_batch_size: int = Field(512, ge=1)
+    prefetch_batches: int = Field(4, ge=0)
+    map_batch_size: int = Field(512, ge=1, description="rows per preprocessing call")
+    read_tasks: int = Field(
+        0, ge=0, description="read tasks per epoch; 0 = one per file, at least 2 per data CPU"
+    )
+    bad_records: Literal["fail", "skip"] = "fail"
+    validate_files: bool = Field(True, description="check every file's footer before training")
+    placement: Placement = Field(
+        default_factory=lambda: Placement(selector={NODE_GROUP_LABEL: DATA_GROUP})
+    )
+
+    @field_validator("image_shape")
+    @classmethod
+    def _shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        h, w, c = v
+        if h < 1 or w < 1 or c not in (1, 3):
+            raise ValueError("must be [height >= 1, width >= 1, channels 1 or 3]")
+        return v
+
+    @field_validator("train_uri", "validation_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return check_uri(v)
+
+    @model_validator(mode="after")
+    def _norm_len(self) -> DataSection:
+        c = self.image_shape[2]
+        for name in ("mean", "std"):
+            values = getattr(self.preprocessing, name)
+            if len(values) not in (1, c):
+                raise ValueError(
+                    f"preprocessing.{name} has {len(values)} values; the image has {c} channel(s)"
+                )
+        return self
+
+
+class TrainSection(_Section):
+    model: Literal["simple_cnn", "resnet18"] = "simple_cnn"
+    epochs: int = Field(8, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+    mixed_precision: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="auto: bf16 on GPU, off on CPU"
+    )
+    seed: int = 0
+    max_failures: int = Field(3, ge=-1, description="worker-group restarts; -1 = unlimited")
+    checkpoints_to_keep: int = Field(2, ge=1)
+    placement: Placement = Field(
+        default_factory=lambda: Placement(selector={NODE_GROUP_LABEL: TRAIN_GROUP})
+    )
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _resources(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and any(q < 0 for q in v.values()):
+            raise ValueError("resource amounts must be >= 0")
+        return v
+
+
+class StorageSection(_Section):
+    run_name: str = Field("digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    checkpoint_uri: str = "runs"
+
+    @field_validator("checkpoint_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return check_uri(v)
+
+
+class S3Section(_Section):
+    endpoint: str | None = Field(
+        None, description="host:port or URL of an S3-compatible endpoint; default AWS"
+    )
+    region: str = "us-east-1"
+    scheme: Literal["http", "https"] | None = Field(None, description="default: from endpoint")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    retry_max_attempts: int = Field(6, ge=1, description="per request, with backoff")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            found = sorted(k for k in data if str(k).lower() in SECRET_KEYS)
+            if found:
+                raise ValueError(
+                    f"s3.{found[0]}: credentials are never read from the config; set "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment or mount a "
+                    "credentials file and point AWS_SHARED_CREDENTIALS_FILE at it"
+                )
+        return data
+
+
+class PipelineConfig(_Section):
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    s3: S3Section = Field(default_factory=S3Section)
+
+
+def check_uri(v: str) -> str:
+    if "://" in v and not v.startswith(("s3://", "file://")):
+        raise ValueError(f"'{v}': only s3:// URIs and local paths are supported")
+    if v.startswith("s3://") and len(v) <= len("s3://"):
+        raise ValueError("an s3:// URI needs a bucket")
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        if msg.split(":", 1)[0].startswith(field):  # the message already names the field
+            lines.append(msg)
+        else:
+            lines.append(f"{field}: {msg}")
+    return f"invalid config ({source}): " + "; ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], c) with c parsed as YAML (numbers, bools, lists)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value is not valid YAML: {e}") from None
+    return path, value
+
+
+def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    """Load the config from YAML (or defaults), apply overrides, validate everything."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+        tree = loaded
+    for item in overrides:
+        keys, value = parse_override(item)
+        apply_override(tree, keys, value)
+    if overrides:
+        source += " with --set"
+    return validate_config(tree, source)
+
+
+def validate_config(tree: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
