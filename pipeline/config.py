@@ -44,6 +44,12 @@ class Placement(_Section):
     """Which Ray nodes may run this part of the job, by node label (empty: any node)."""
 
     selector: dict[str, str] = Field(default_factory=dict)
+    wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="when no node matches yet, ask the autoscaler for one and wait this long; "
+        "0 = fail at once",
+    )
 
 
 class Augmentation(_Section):

@@ -1,0 +1,193 @@
+"""``ray-pipeline``: prepare, train, demo (and bench, submit, status).
+
+User mistakes (PipelineError) are caught once, here, and printed as one line; a traceback
+only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import PipelineError
+
+CONFIG_ENV = "RAY_PIPELINE_CONFIG"  # the Helm chart mounts the config and sets this
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", "-c", default=os.environ.get(CONFIG_ENV),
+        help=f"YAML config file (default: ${CONFIG_ENV}, else built-in defaults)",
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _address(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address", default=None,
+        help="Ray address (default: $RAY_ADDRESS, else start a local Ray in this process)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ray-pipeline",
+        description="Parquet on S3/MinIO -> Ray Data on the CPU group -> Ray Train on the GPU group.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="write an image dataset as Parquet (train + validation)")
+    _common(p)
+    p.add_argument("source", choices=["digits", "synthetic", "imagefolder"])
+    p.add_argument("directory", nargs="?", help="imagefolder: root with one sub-folder per class")
+    p.add_argument("--out", help="local path or s3:// URI (default: parent of data.train_uri)")
+    p.add_argument("--rows", type=int, default=60_000, help="synthetic: number of rows")
+    p.add_argument("--encoding", choices=["png", "jpeg", "raw"], default="png")
+    p.add_argument("--image-size", help="imagefolder: resize every image to HxW, e.g. 64x64")
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace existing Parquet files")
+    p.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if missing")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train on the cluster (resumes a run with checkpoints)")
+    _common(p)
+    _address(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="embedded default: local Ray, local files, digits, small CNN")
+    _common(p)
+    p.add_argument("--workdir", default="demo-output", help="where data and checkpoints go")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _load(args) -> PipelineConfig:
+    return load_config(args.config, args.overrides)
+
+
+def _print_summary(summary: dict) -> None:
+    sys.stderr.flush()
+    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+
+
+def cmd_prepare(args) -> int:
+    from pipeline import prepare as prep
+
+    cfg = _load(args)
+    out = args.out
+    if out is None:
+        train_uri = cfg.data.train_uri.rstrip("/")
+        if not train_uri.endswith("/train"):
+            raise PipelineError("--out is required when data.train_uri does not end in /train")
+        out = train_uri[: -len("/train")]
+    if args.source == "digits":
+        src = prep.digits_source(args.encoding)
+    elif args.source == "synthetic":
+        src = prep.synthetic_source(args.rows, args.encoding, args.seed)
+    else:
+        if not args.directory:
+            raise PipelineError("prepare imagefolder needs DIRECTORY (one sub-folder per class)")
+        size = _parse_size(args.image_size) if args.image_size else None
+        src = prep.imagefolder_source(args.directory, size)
+    t = time.monotonic()
+    manifest = prep.prepare(
+        src, out, cfg.s3, validation_fraction=args.validation_fraction, seed=args.seed,
+        overwrite=args.overwrite, create_bucket=args.create_bucket,
+    )
+    s = manifest["splits"]
+    print(
+        f"wrote {s['train']['rows']} train rows in {s['train']['files']} files and "
+        f"{s['validation']['rows']} validation rows in {s['validation']['files']} files to "
+        f"{manifest['uri']} ({time.monotonic() - t:.1f}s)",
+        file=sys.stderr,
+    )
+    print("train it with: " + " ".join(f"--set {o}" for o in prep.train_overrides(manifest)), file=sys.stderr)
+    print(json.dumps(manifest, sort_keys=True), flush=True)
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise PipelineError(f"--image-size {text!r}: expected HxW, e.g. 64x64") from None
+    return h, w
+
+
+def cmd_train(args) -> int:
+    from pipeline.train import run_training
+
+    cfg = _load(args)
+    summary = run_training(cfg, args.address)
+    _shutdown_ray()
+    _print_summary(summary)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pipeline import prepare as prep
+    from pipeline.train import run_training
+
+    workdir = Path(args.workdir).resolve()
+    overrides = [
+        f"data.train_uri={workdir}/digits/train",
+        f"data.validation_uri={workdir}/digits/validation",
+        f"storage.checkpoint_uri={workdir}/runs",
+        f"storage.run_name=demo-{time.strftime('%Y%m%d-%H%M%S')}",
+        *args.overrides,
+    ]
+    cfg = load_config(args.config, overrides)
+    print(f"demo: preparing scikit-learn digits in {workdir}/digits", file=sys.stderr, flush=True)
+    prep.prepare(prep.digits_source(), f"{workdir}/digits", cfg.s3, overwrite=True)
+    print(
+        f"demo: training {cfg.train.model} for {cfg.train.epochs} epochs on a local Ray",
+        file=sys.stderr, flush=True,
+    )
+    summary = run_training(cfg, "local")
+    _shutdown_ray()
+    _print_summary(summary)
+    return 0
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except PipelineError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Connecting to Ray, and checking that the cluster has the nodes the config selects."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from pipeline.config import PipelineConfig, Placement
+from pipeline.errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "local"  # ray.init(address="local"): a Ray started in this process, one node
+
+
+def resolve_address(address: str | None) -> str:
+    """--address, else RAY_ADDRESS (set in KubeRay pods and RayJob submitters), else local.
+
+    Always explicit: a bare ray.init() can attach to a stale session in Ray's temp folder."""
+    return address or os.environ.get("RAY_ADDRESS") or EMBEDDED
+
+
+def connect(address: str | None, env_vars: dict[str, str] | None = None) -> str:
+    """Start or join Ray; returns the address used. Job-wide env vars reach every task."""
+    import ray
+
+    address = resolve_address(address)
+    if ray.is_initialized():
+        return address
+    kwargs = {}
+    if env_vars:
+        kwargs["runtime_env"] = {"env_vars": env_vars}
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+    except ConnectionError as e:
+        raise ClusterError(f"cannot connect to Ray at {address} (--address / RAY_ADDRESS): {e}") from None
+    return address
+
+
+def without_selectors(cfg: PipelineConfig) -> PipelineConfig:
+    """The embedded Ray is one node: it cannot carry both group labels, so placement is free."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.placement = Placement()
+    cfg.train.placement = Placement()
+    return cfg
+
+
+def _matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def matching_nodes(selector: dict[str, str]) -> list[dict]:
+    return [n for n in _alive_nodes() if _matches(n.get("Labels") or {}, selector)]
+
+
+def _describe_groups() -> str:
+    groups = sorted({
+        ",".join(f"{k}={v}" for k, v in sorted((n.get("Labels") or {}).items()) if k != "ray.io/node-id")
+        or "(no labels)"
+        for n in _alive_nodes()
+    })
+    return "; ".join(groups)
+
+
+def _wait_for(field: str, placement: Placement, demand: dict[str, float]) -> list[dict]:
+    nodes = matching_nodes(placement.selector)
+    if nodes or placement.wait_s <= 0:
+        return nodes
+    from ray.autoscaler.sdk import request_resources
+
+    log.warning(
+        "no node matches %s %s yet; asking the autoscaler and waiting up to %.0fs",
+        field, placement.selector, placement.wait_s,
+    )
+    request_resources(bundles=[demand], bundle_label_selectors=[placement.selector])
+    deadline = time.monotonic() + placement.wait_s
+    try:
+        while time.monotonic() < deadline:
+            nodes = matching_nodes(placement.selector)
+            if nodes:
+                return nodes
+            time.sleep(2)
+    finally:
+        request_resources(bundles=[])
+    return nodes
+
+
+def check_placement(cfg: PipelineConfig) -> None:
+    """Fail in seconds, not hang, when no node can take the data or train work."""
+    tr = cfg.train
+    worker = dict(tr.resources_per_worker or {"CPU": 1})
+    if tr.use_gpu:
+        worker.setdefault("GPU", 1)
+    checks = (
+        ("data.placement", cfg.data.placement, {"CPU": 1}),
+        ("train.placement", tr.placement, worker),
+    )
+    for field, placement, demand in checks:
+        if not placement.selector:
+            continue
+        nodes = _wait_for(field, placement, demand)
+        if not nodes:
+            raise ClusterError(
+                f"no alive Ray node matches {field}.selector {placement.selector}; "
+                f"the cluster's nodes carry: {_describe_groups()}"
+            )
+        if field == "train.placement" and placement.wait_s <= 0:
+            for res, amount in worker.items():
+                total = sum(n.get("Resources", {}).get(res, 0) for n in nodes)
+                if total < amount:
+                    raise ClusterError(
+                        f"train workers need {res}={amount} each (train.resources_per_worker"
+                        f"{', train.use_gpu' if res == 'GPU' else ''}) but nodes matching "
+                        f"{placement.selector} have {res}={total:g} in all"
+                    )

@@ -1,0 +1,152 @@
+"""Preprocessing as pure functions: numpy in, numpy out. Ray runs them on the data group.
+
+decode -> augment (training only, random per batch, so every epoch differs) -> normalise.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import Augmentation, DataSection
+
+_PIL_MODE = {1: "L", 3: "RGB"}
+
+
+class BadRecord(NamedTuple):
+    """A record that cannot be used: its index in the batch, a kind to count, and why."""
+
+    index: int
+    kind: str  # "bad_label" | "undecodable_image" | "wrong_image_size"
+    reason: str
+
+
+def encode_image(image: np.ndarray, encoding: str) -> bytes:
+    """uint8 HxW or HxWxC -> PNG/JPEG/raw bytes (used by prepare and tests)."""
+    if encoding == "raw":
+        return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    arr = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    buf = io.BytesIO()
+    if encoding == "png":
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+    elif encoding == "jpeg":
+        Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    else:
+        raise ValueError(f"unknown image encoding {encoding!r}")
+    return buf.getvalue()
+
+
+def decode_images(
+    encoded: Sequence[bytes | None], encoding: str, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, list[BadRecord]]:
+    """Decode a batch into uint8 N x H x W x C.
+
+    Returns the images and the records that failed; their slots are zero. The caller decides, by policy, whether a failure stops the run or is skipped.
+    """
+    h, w, c = shape
+    out = np.zeros((len(encoded), h, w, c), dtype=np.uint8)
+    bad: list[BadRecord] = []
+    if encoding == "raw":
+        size = h * w * c
+        for i, b in enumerate(encoded):
+            if b is None or len(b) != size:
+                n = 0 if b is None else len(b)
+                bad.append(BadRecord(i, "undecodable_image", f"raw image has {n} bytes, expected {size}"))
+                continue
+            out[i] = np.frombuffer(b, dtype=np.uint8).reshape(h, w, c)
+        return out, bad
+    mode = _PIL_MODE[c]
+    for i, b in enumerate(encoded):
+        if b is None:
+            bad.append(BadRecord(i, "undecodable_image", "image is null"))
+            continue
+        try:
+            with Image.open(io.BytesIO(b)) as img:
+                if img.size != (w, h):
+                    msg = f"image is {img.size[0]}x{img.size[1]}, expected {w}x{h}"
+                    bad.append(BadRecord(i, "wrong_image_size", msg))
+                    continue
+                if img.mode != mode:
+                    img = img.convert(mode)
+                arr = np.asarray(img)
+        except Exception as e:  # PIL raises many types for corrupt input
+            msg = f"cannot decode {encoding}: {e.__class__.__name__}: {e}"
+            bad.append(BadRecord(i, "undecodable_image", msg))
+            continue
+        out[i] = arr.reshape(h, w, c)
+    return out, bad
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
+    """Random shift, flip, brightness and noise on uint8 N x H x W x C; returns float32 0..255."""
+    n, h, w, _ = images.shape
+    x = images
+    if aug.max_shift_px > 0 and n:
+        p = aug.max_shift_px
+        padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="constant")
+        dy = rng.integers(0, 2 * p + 1, size=n)
+        dx = rng.integers(0, 2 * p + 1, size=n)
+        rows = dy[:, None] + np.arange(h)[None, :]  # n x h
+        cols = dx[:, None] + np.arange(w)[None, :]  # n x w
+        x = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    x = x.astype(np.float32)
+    if aug.horizontal_flip and n:
+        flip = rng.random(n) < 0.5
+        x[flip] = x[flip, :, ::-1]
+    if aug.brightness > 0 and n:
+        scale = rng.uniform(1 - aug.brightness, 1 + aug.brightness, size=(n, 1, 1, 1))
+        x *= scale.astype(np.float32)
+    if aug.noise_std > 0 and n:
+        x += rng.normal(0, aug.noise_std * 255, size=x.shape).astype(np.float32)
+    np.clip(x, 0, 255, out=x)
+    return x
+
+
+def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """N x H x W x C (uint8 or float 0..255) -> float32 N x C x H x W, (x/255 - mean)/std."""
+    c = images.shape[-1]
+    m = np.broadcast_to(np.asarray(mean, dtype=np.float32), (c,))
+    s = np.broadcast_to(np.asarray(std, dtype=np.float32), (c,))
+    scale = (1.0 / (255.0 * s)).astype(np.float32)
+    shift = (m / s).astype(np.float32)
+    x = images.astype(np.float32, copy=False) * scale - shift
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def preprocess(
+    images: np.ndarray, data: DataSection, *, training: bool, rng: np.random.Generator | None
+) -> np.ndarray:
+    """Decoded uint8 NHWC -> model input float32 NCHW."""
+    pre = data.preprocessing
+    if training and pre.augmentation.enabled:
+        images = augment(images, rng or np.random.default_rng(), pre.augmentation)
+    return normalise(images, pre.mean, pre.std)
+
+
+def check_labels(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, list[BadRecord]]:
+    """Labels as int64 and the records whose label is missing, NaN or outside the classes."""
+    bad: list[BadRecord] = []
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        integral = finite & (np.floor(np.where(finite, arr, 0)) == np.where(finite, arr, 0))
+        for i in np.flatnonzero(~integral):
+            bad.append(BadRecord(int(i), "bad_label", f"label {arr[i]!r} is not an integer class"))
+        out = np.where(integral, arr, -1).astype(np.int64)
+    elif arr.dtype.kind in "iu":
+        out = arr.astype(np.int64)
+    else:  # object: None among ints
+        out = np.array([-1 if v is None else int(v) for v in arr], dtype=np.int64)
+        for i, v in enumerate(arr):
+            if v is None:
+                bad.append(BadRecord(i, "bad_label", "label is null"))
+    already = {b.index for b in bad}
+    for i in np.flatnonzero((out < 0) | (out >= num_classes)):
+        if int(i) not in already:
+            msg = f"label {out[i]} is outside the classes 0..{num_classes - 1}"
+            bad.append(BadRecord(int(i), "bad_label", msg))
+    return out, bad

@@ -1,0 +1,153 @@
+"""Shared fixtures: a real S3 endpoint (moto's server) and a local multi-node Ray cluster
+built like the Helm chart's RayCluster (a head that takes no tasks, a `data` node, a
+`train` node), and a helper that runs the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# moto accepts any credentials; Ray workers inherit these from the test process.
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class S3:
+    endpoint: str
+    server: object
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def keys(self, bucket: str, prefix: str = "") -> dict[str, str]:
+        """Every object under ``prefix`` with its ETag."""
+        out = {}
+        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                out[o["Key"]] = o["ETag"]
+        return out
+
+    def make_bucket(self, name: str) -> str:
+        with contextlib.suppress(Exception):
+            self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on 127.0.0.1 and a free port: a real HTTP S3 endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(FAKE_AWS)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield S3(endpoint=f"http://127.0.0.1:{port}", server=server)
+    server.stop()
+
+
+@contextlib.contextmanager
+def _node_group(name: str):
+    """KubeRay sets RAY_NODE_TYPE_NAME in each pod; Ray turns it into ray.io/node-group."""
+    old = os.environ.get("RAY_NODE_TYPE_NAME")
+    os.environ["RAY_NODE_TYPE_NAME"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["RAY_NODE_TYPE_NAME"]
+        else:
+            os.environ["RAY_NODE_TYPE_NAME"] = old
+
+
+@dataclass
+class RayCluster:
+    address: str
+    cluster: object
+    node_ids: dict[str, str]  # group name -> node id
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3):
+    """head (0 CPUs, group headgroup), one `data` node, one `train` node; the chart's shape.
+
+    Depends on ``s3`` so every Ray process inherits the S3 credentials."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with _node_group("headgroup"):
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = {}
+    for group in ("data", "train"):
+        with _node_group(group):
+            nodes[group] = cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
+    ray.init(address=cluster.address)
+    ids = {}
+    for n in ray.nodes():
+        group = (n.get("Labels") or {}).get("ray.io/node-group")
+        if group:
+            ids[group] = n["NodeID"]
+    ray.shutdown()
+    assert set(ids) == {"headgroup", "data", "train"}, ids
+    yield RayCluster(address=cluster.address, cluster=cluster, node_ids=ids)
+    cluster.shutdown()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def summary(self) -> dict:
+        """The last line of stdout: the run's summary as one JSON object."""
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        assert lines, f"no stdout; stderr:\n{self.stderr[-3000:]}"
+        return json.loads(lines[-1])
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> CliResult:
+    """Run ``ray-pipeline ARGS`` as a user would, in a fresh process."""
+    full_env = {**os.environ, **FAKE_AWS, "PYTHONUNBUFFERED": "1", **(env or {})}
+    start = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT,
+    )
+    return CliResult(p.returncode, p.stdout, p.stderr, time.monotonic() - start)
+
+
+def write_config(path: Path, tree: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(tree))
+    return path

@@ -1,0 +1,114 @@
+"""prepare -> train through the CLI on a local multi-node Ray cluster with an S3 endpoint.
+
+The cluster is built like the chart's RayCluster; the S3 endpoint is moto's real HTTP server.
+Tests in this module share one prepared dataset and one training run, in file order:
+the run, where its work ran, what it left in the bucket, then a rerun that resumes it."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, write_config
+
+pytestmark = pytest.mark.cluster
+
+BUCKET = "ray-pipeline-it"
+RUN = "digits-it"
+
+
+def cluster_config(s3, **sections) -> dict:
+    tree = {
+        "data": {
+            "train_uri": f"s3://{BUCKET}/digits/train",
+            "validation_uri": f"s3://{BUCKET}/digits/validation",
+        },
+        "train": {"epochs": 3, "resources_per_worker": {"CPU": 1}},
+        "storage": {"run_name": RUN, "checkpoint_uri": f"s3://{BUCKET}/checkpoints"},
+        "s3": {"endpoint": s3.endpoint},
+    }
+    for name, values in sections.items():
+        tree.setdefault(name, {}).update(values)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def dataset(s3):
+    s3.make_bucket(BUCKET)
+    r = run_cli("prepare", "digits", "--out", f"s3://{BUCKET}/digits", "--set", f"s3.endpoint={s3.endpoint}")
+    assert r.returncode == 0, r.output
+    return r.summary()
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, s3, dataset, tmp_path_factory):
+    cfg = write_config(tmp_path_factory.mktemp("cfg") / "config.yaml", cluster_config(s3))
+    r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
+    assert r.returncode == 0, r.output[-5000:]
+    return cfg, r
+
+
+def test_prepare_wrote_both_splits_to_the_bucket(s3, dataset):
+    keys = s3.keys(BUCKET, "digits/")
+    train = [k for k in keys if k.startswith("digits/train/") and k.endswith(".parquet")]
+    val = [k for k in keys if k.startswith("digits/validation/") and k.endswith(".parquet")]
+    assert len(train) == dataset["splits"]["train"]["files"] >= 2
+    assert len(val) == dataset["splits"]["validation"]["files"] >= 1
+    assert dataset["splits"]["train"]["rows"] + dataset["splits"]["validation"]["rows"] == 1797
+
+
+def test_training_reaches_accuracy_and_reports_every_epoch(first_run, dataset):
+    _, r = first_run
+    summary = r.summary()
+    assert summary["epochs"] == 3
+    assert summary["val_accuracy"] >= 0.90
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    # every training row reached the train worker in every epoch (one worker: no split)
+    assert {h["train_rows"] for h in summary["history"]} == {dataset["splits"]["train"]["rows"]}
+    assert summary["rows_per_s"] > 0 and 0 <= summary["data_wait_fraction"] <= 1
+    for epoch in (1, 2, 3):
+        assert f"epoch {epoch}/3:" in r.output
+
+
+def test_checkpoints_and_summary_are_in_the_bucket(s3, first_run):
+    keys = s3.keys(BUCKET, f"checkpoints/{RUN}/")
+    assert f"checkpoints/{RUN}/summary.json" in keys
+    # checkpoints_to_keep=2 (default): the last two epochs stay
+    assert f"checkpoints/{RUN}/epoch-0003/state.pt" in keys
+    assert f"checkpoints/{RUN}/epoch-0002/state.pt" in keys
+    assert f"checkpoints/{RUN}/epoch-0001/state.pt" not in keys
+    body = s3.client().get_object(Bucket=BUCKET, Key=f"checkpoints/{RUN}/epoch-0003/state.pt")["Body"].read()
+    state = torch.load(io.BytesIO(body), weights_only=True)
+    assert state["epoch"] == 3 and "model" in state
+
+
+def test_reads_and_preprocessing_ran_on_the_data_node_and_training_on_the_train_node(ray_cluster, first_run):
+    import ray
+    from ray.util.state import list_actors, list_tasks
+
+    job_id = first_run[1].summary()["ray_job_id"]
+    ray.init(address=ray_cluster.address)
+    try:
+        tasks = list_tasks(filters=[("job_id", "=", job_id)], limit=10_000, raise_on_missing_output=False)
+        actors = list_actors(filters=[("job_id", "=", job_id)], limit=10_000, raise_on_missing_output=False)
+    finally:
+        ray.shutdown()
+    data_tasks = [t for t in tasks if "ReadParquet" in t.name or "preprocess_batch" in t.name]
+    assert data_tasks, sorted({t.name for t in tasks})
+    assert {t.node_id for t in data_tasks} == {ray_cluster.node_ids["data"]}
+    workers = [a for a in actors if a.class_name == "RayTrainWorker"]
+    assert workers
+    assert {a.node_id for a in workers} == {ray_cluster.node_ids["train"]}
+
+
+def test_rerun_with_the_same_name_resumes(ray_cluster, s3, first_run):
+    cfg, _ = first_run
+    r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg), "--set", "train.epochs=4")
+    assert r.returncode == 0, r.output[-5000:]
+    summary = r.summary()
+    assert "resuming from epoch 3" in r.output
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # continued, not restarted
+    assert "epoch 1/4:" not in r.output
+    assert f"checkpoints/{RUN}/epoch-0004/state.pt" in s3.keys(BUCKET, f"checkpoints/{RUN}/")
