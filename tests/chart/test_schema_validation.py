@@ -50,24 +50,36 @@ def _pod_template_errors(where: str, template: dict) -> list[str]:
     return _k8s_errors(wrapped)
 
 
-def _all_errors(rendered, crds) -> list[str]:
+def _core_errors(rendered) -> list[str]:
     errors: list[str] = []
     for obj in rendered.objects:
-        if obj["apiVersion"].startswith("ray.io/"):
-            errors += crds.errors(obj)
-        else:
+        if not obj["apiVersion"].startswith("ray.io/"):
             errors += _k8s_errors(obj)
     for group, template in rendered.ray_pod_templates():
         errors += _pod_template_errors(group, template)
     return errors
 
 
-def test_ci_objects_are_valid(ci, crds):
-    assert _all_errors(ci, crds) == []
+def _crd_errors(rendered, crds) -> list[str]:
+    ray_objects = [o for o in rendered.objects if o["apiVersion"].startswith("ray.io/")]
+    assert ray_objects, "no KubeRay object rendered"
+    return [e for obj in ray_objects for e in crds.errors(obj)]
 
 
-def test_variant_objects_are_valid(variant, crds):
-    assert _all_errors(variant, crds) == []
+def test_core_objects_are_valid_kubernetes(ci):
+    assert _core_errors(ci) == []
+
+
+def test_core_objects_of_variants_are_valid_kubernetes(variant):
+    assert _core_errors(variant) == []
+
+
+def test_ray_objects_match_the_kuberay_crds(ci, crds):
+    assert _crd_errors(ci, crds) == []
+
+
+def test_ray_objects_of_variants_match_the_kuberay_crds(variant, crds):
+    assert _crd_errors(variant, crds) == []
 
 
 def test_cluster_spec_is_also_a_valid_rayjob_cluster_spec(ci, crds):

@@ -119,6 +119,13 @@ REJECTED = {
         {"pipelineConfig": {"s3": {"secret_access_key": "hunter2hunter2"}}},
         ["pipelineConfig.s3.secret_access_key", "credentials never go into the pipeline config"],
     ),
+    "password anywhere in pipelineConfig": (
+        {"pipelineConfig": {"storage": {"extra": {"db_password": "hunter2hunter2"}}}},
+        [
+            "pipelineConfig.storage.extra.db_password",
+            "credentials never go into the pipeline config",
+        ],
+    ),
     "credential as an env literal": (
         {"workerGroups": {"train": {"env": [{"name": "AWS_SESSION_TOKEN", "value": "abc"}]}}},
         ["workerGroups.train.env[0]", "AWS_SESSION_TOKEN has a literal value"],
@@ -159,6 +166,10 @@ REJECTED = {
         {"minio": {"enabled": True, "image": {"tag": "latest"}}},
         ["minio.image.tag is latest"],
     ),
+    "autoscaler rights on the default account": (
+        {"autoscaling": {"enabled": True}, "serviceAccount": {"create": False}},
+        ["serviceAccount.name", "not default"],
+    ),
     "token auth on an old Ray": (
         {"ray": {"version": "2.50.0"}},
         ["ray.auth.enabled needs Ray 2.52 or newer", "2.50.0"],
@@ -173,7 +184,27 @@ def test_bad_values_are_refused_with_a_message_naming_them(render_error, values,
         assert fragment in message, message
 
 
+def test_harmless_names_are_not_mistaken_for_credentials(render):
+    rendered = render(
+        {
+            "workerGroups": {
+                "train": {"env": [{"name": "TOKENIZERS_PARALLELISM", "value": "false"}]}
+            },
+            "pipelineConfig": {"data": {"image_column": "image"}},
+        }
+    )
+    env = rendered.worker_group("train")["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "TOKENIZERS_PARALLELISM", "value": "false"} in env
+
+
 def test_a_valid_extra_group_is_accepted(render):
     """The refusals above are about the values, not about adding groups at all."""
     rendered = render({"workerGroups": {"big-memory": VALID_GROUP}})
     assert rendered.worker_group("big-memory")["maxReplicas"] == 2
+
+
+def test_every_key_the_pipeline_treats_as_a_credential_is_refused(render_error):
+    config = pytest.importorskip("pipeline.config")
+    for key in sorted(config.SECRET_KEYS):
+        message = render_error({"pipelineConfig": {"s3": {key: "not-for-a-configmap"}}})
+        assert f"pipelineConfig.s3.{key}: credentials never go into the pipeline config" in message

@@ -268,12 +268,7 @@ Checks JSON Schema cannot express. Each message names the value to fix.
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- $secretKeys := list "access_key" "access_key_id" "aws_access_key_id" "secret_key" "secret_access_key" "aws_secret_access_key" "session_token" "aws_session_token" "password" "token" -}}
-{{- range $key, $_ := default (dict) (get $config "s3") -}}
-{{- if has (lower $key) $secretKeys -}}
-{{- fail (printf "pipelineConfig.s3.%s: credentials never go into the pipeline config (it is a ConfigMap); put them in the Secret named by s3.credentials.existingSecret" $key) -}}
-{{- end -}}
-{{- end -}}
+{{- include "ray-pipeline.refuseCredentials" (dict "path" "pipelineConfig" "node" $config) -}}
 {{- $credentials := .Values.s3.credentials -}}
 {{- if and $credentials.createSecret.enabled $credentials.existingSecret -}}
 {{- fail (printf "s3.credentials.createSecret.enabled and s3.credentials.existingSecret (%s) are both set: use an existing Secret, or let the chart create one for local use, not both" $credentials.existingSecret) -}}
@@ -284,8 +279,29 @@ Checks JSON Schema cannot express. Each message names the value to fix.
 {{- if and .Values.minio.enabled $credentials.useAmbient -}}
 {{- fail "minio.enabled needs a key Secret for MinIO's root user: set s3.credentials.useAmbient=false" -}}
 {{- end -}}
+{{- if and $autoscaling (eq (include "ray-pipeline.serviceAccountName" .) "default") -}}
+{{- fail "autoscaling.enabled binds the autoscaler's Role to the head's ServiceAccount: with serviceAccount.create=false, set serviceAccount.name to a dedicated account, not default" -}}
+{{- end -}}
 {{- if and .Values.ray.auth.enabled (semverCompare "<2.52.0-0" (toString .Values.ray.version)) -}}
 {{- fail (printf "ray.auth.enabled needs Ray 2.52 or newer; ray.version is %s" .Values.ray.version) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A name that holds a credential (keys of the config, names of env vars). */}}
+{{- define "ray-pipeline.credentialPattern" -}}
+(?i)(secret|passw|credential|access_key|(^|_)token$)
+{{- end -}}
+
+{{/* Credential-like keys anywhere in the pipeline config are refused: it becomes a ConfigMap. */}}
+{{- define "ray-pipeline.refuseCredentials" -}}
+{{- $path := .path -}}
+{{- range $key, $value := .node -}}
+{{- if regexMatch (include "ray-pipeline.credentialPattern" .) (toString $key) -}}
+{{- fail (printf "%s.%s: credentials never go into the pipeline config (it is a ConfigMap); put S3 keys in the Secret named by s3.credentials.existingSecret" $path $key) -}}
+{{- end -}}
+{{- if kindIs "map" $value -}}
+{{- include "ray-pipeline.refuseCredentials" (dict "path" (printf "%s.%s" $path $key) "node" $value) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -314,7 +330,7 @@ Checks JSON Schema cannot express. Each message names the value to fix.
 {{- if has $var.name (list "RAY_PIPELINE_CONFIG" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY") -}}
 {{- fail (printf "%s[%d]: %s is set by the chart (config path / s3.credentials); remove it" $path $i $var.name) -}}
 {{- end -}}
-{{- if and (hasKey $var "value") (regexMatch "(?i)(secret|password|token|access_key|credential)" $var.name) -}}
+{{- if and (hasKey $var "value") (regexMatch (include "ray-pipeline.credentialPattern" $) $var.name) -}}
 {{- fail (printf "%s[%d]: %s has a literal value; credentials come only from Secrets (valueFrom.secretKeyRef)" $path $i $var.name) -}}
 {{- end -}}
 {{- end -}}
