@@ -102,6 +102,9 @@ def resolve(uri: str, s3: S3Section, field: str, *, create_bucket: bool = False)
     return Location(uri=path, fs=pafs.LocalFileSystem(), path=path, field=field)
 
 
+PREFLIGHT_READ_TIMEOUT_S = 10  # x 2 attempts + connect: a hung endpoint fails within ~25 s
+
+
 def _boto_client(s3: S3Section, attempts: int = 2):
     import boto3
     from botocore.config import Config
@@ -109,7 +112,7 @@ def _boto_client(s3: S3Section, attempts: int = 2):
     ep = resolve_endpoint(s3)
     cfg = Config(
         connect_timeout=s3.connect_timeout_s,
-        read_timeout=min(s3.request_timeout_s, 30),
+        read_timeout=min(s3.request_timeout_s, PREFLIGHT_READ_TIMEOUT_S),
         retries={"total_max_attempts": attempts, "mode": "standard"},
         s3={"addressing_style": "path"} if ep.override else {},
     )

@@ -1,8 +1,9 @@
 """prepare -> train through the CLI on a local multi-node Ray cluster with an S3 endpoint.
 
 The cluster is built like the chart's RayCluster; the S3 endpoint is moto's real HTTP server.
-Tests in this module share one prepared dataset and one training run, in file order:
-the run, where its work ran, what it left in the bucket, then a rerun that resumes it."""
+The tests share one prepared dataset and one training run (tests/integration/conftest.py),
+in file order: the run, where its work ran, what it left in the bucket, then a rerun that
+resumes it."""
 
 from __future__ import annotations
 
@@ -11,43 +12,10 @@ import io
 import pytest
 import torch
 
-from tests.conftest import run_cli, write_config
+from tests.conftest import run_cli
+from tests.integration.conftest import BUCKET, RUN
 
 pytestmark = pytest.mark.cluster
-
-BUCKET = "ray-pipeline-it"
-RUN = "digits-it"
-
-
-def cluster_config(s3, **sections) -> dict:
-    tree = {
-        "data": {
-            "train_uri": f"s3://{BUCKET}/digits/train",
-            "validation_uri": f"s3://{BUCKET}/digits/validation",
-        },
-        "train": {"epochs": 3, "resources_per_worker": {"CPU": 1}},
-        "storage": {"run_name": RUN, "checkpoint_uri": f"s3://{BUCKET}/checkpoints"},
-        "s3": {"endpoint": s3.endpoint},
-    }
-    for name, values in sections.items():
-        tree.setdefault(name, {}).update(values)
-    return tree
-
-
-@pytest.fixture(scope="module")
-def dataset(s3):
-    s3.make_bucket(BUCKET)
-    r = run_cli("prepare", "digits", "--out", f"s3://{BUCKET}/digits", "--set", f"s3.endpoint={s3.endpoint}")
-    assert r.returncode == 0, r.output
-    return r.summary()
-
-
-@pytest.fixture(scope="module")
-def first_run(ray_cluster, s3, dataset, tmp_path_factory):
-    cfg = write_config(tmp_path_factory.mktemp("cfg") / "config.yaml", cluster_config(s3))
-    r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
-    assert r.returncode == 0, r.output[-5000:]
-    return cfg, r
 
 
 def test_prepare_wrote_both_splits_to_the_bucket(s3, dataset):
