@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--workdir", default="demo-output", help="where data and checkpoints go")
     p.set_defaults(func=cmd_demo)
+
+    from pipeline import k8s
+
+    k8s.register(sub)  # submit, status
     return parser
 
 
