@@ -72,6 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="demo-output", help="where data and checkpoints go")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("bench", help="measure ingest: limit, raw read, DataLoader, the Ray path")
+    _common(p)
+    _address(p)
+    p.add_argument("--rows", type=int, default=200_000, help="synthetic dataset size")
+    p.add_argument("--workdir", default="bench-data", help="where the dataset is cached")
+    p.add_argument("--storage", default="local,s3", help="comma-separated: local, s3")
+    p.add_argument("--paths", default="limit,raw_read,dataloader,ray", help="comma-separated")
+    p.add_argument("--data-cpus", type=int, help="data cores (default: all of this machine's)")
+    p.add_argument("--s3-uri", help="dataset location on S3 (default: a bucket on s3.endpoint, "
+                   "or on a local moto server when no endpoint is set)")
+    p.add_argument("--model", choices=["simple_cnn", "resnet18"],
+                   help="also step this model in the Ray path: the data-wait share of each step")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of the Ray path")
+    p.add_argument("--memory-check", action="store_true",
+                   help="also run the Ray path over 1x and 5x the object store's size of data")
+    p.add_argument("--object-store-mb", type=int, default=100, help="object store of the local Ray")
+    p.add_argument("--json", dest="json_path", help="write the figures to this file")
+    p.set_defaults(func=cmd_bench)
+
     from pipeline import k8s
 
     k8s.register(sub)  # submit, status
@@ -165,6 +184,30 @@ def cmd_demo(args) -> int:
     summary = run_training(cfg, "local")
     _shutdown_ray()
     _print_summary(summary)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from pipeline.bench import PATHS, BenchOptions, format_table, run_bench
+
+    cfg = _load(args)
+    paths = tuple(p for p in args.paths.split(",") if p)
+    unknown = set(paths) - set(PATHS)
+    if unknown:
+        raise PipelineError(f"--paths: unknown {sorted(unknown)}; choose from {', '.join(PATHS)}")
+    storages = tuple(s for s in args.storage.split(",") if s)
+    if set(storages) - {"local", "s3"}:
+        raise PipelineError(f"--storage: expected local and/or s3, got {args.storage!r}")
+    opts = BenchOptions(
+        rows=args.rows, workdir=Path(args.workdir), storages=storages, paths=paths,
+        data_cpus=args.data_cpus, s3_uri=args.s3_uri, model=args.model, epochs=args.epochs,
+        memory_check=args.memory_check, object_store_mb=args.object_store_mb,
+    )
+    results = run_bench(cfg, opts, args.address)
+    results["command"] = "ray-pipeline " + " ".join(sys.argv[1:])
+    print(format_table(results), flush=True)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
     return 0
 
 

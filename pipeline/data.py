@@ -8,7 +8,9 @@ trainer: Train executes the datasets with its own execution options.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,11 +21,12 @@ import pyarrow.parquet as pq
 from pipeline.config import DataSection, PipelineConfig
 from pipeline.errors import DataError
 from pipeline.storage import Location, check_bucket, list_files, resolve
-from pipeline.transforms import check_labels, decode_images, preprocess
+from pipeline.transforms import check_labels, decode_images, preprocess, row_digests
 
 log = logging.getLogger(__name__)
 
 PATH_COLUMN = "path"  # added by read_parquet(include_paths=True): errors name the file
+ROW_DIGEST_COLUMN = "row_digest"  # lets an epoch prove it saw every row exactly once
 LEDGER_NAMESPACE = "ray-pipeline"
 
 
@@ -143,37 +146,59 @@ def _locate_row(fs: pafs.FileSystem, path: str, column: str, value) -> int | Non
 
 
 class BadRecordLedger:
-    """Counts skipped records by reason; one named actor per run (Ray Data has no counters)."""
+    """Counts skipped records per split and kind; one named actor per run.
+
+    Ray Data has no counters, so map tasks report here (only when they skip something) and
+    the training loop reads the counts once per epoch."""
 
     def __init__(self):
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, dict[str, int]] = {}
         self.examples: dict[str, str] = {}
 
-    def add(self, counts: dict[str, int], examples: dict[str, str]) -> None:
-        for k, n in counts.items():
-            self.counts[k] = self.counts.get(k, 0) + n
-        for k, v in examples.items():
-            self.examples.setdefault(k, v)
+    def add(self, split: str, counts: dict[str, int], examples: dict[str, str]) -> None:
+        mine = self.counts.setdefault(split, {})
+        for kind, n in counts.items():
+            mine[kind] = mine.get(kind, 0) + n
+        for kind, text in examples.items():
+            self.examples.setdefault(kind, text)
+
+    def reset(self) -> None:
+        self.counts = {}
 
     def snapshot(self) -> dict:
-        return {"counts": dict(self.counts), "examples": dict(self.examples)}
+        return {"counts": {k: dict(v) for k, v in self.counts.items()}, "examples": dict(self.examples)}
 
 
 def ledger_name(run_name: str) -> str:
     return f"bad-records-{run_name}"
 
 
+def _report_skipped(ledger: str | None, split: str, counts: dict, examples: dict) -> None:
+    if not ledger:
+        log.warning("skipped bad records in %s: %s", split, counts)
+        return
+    import ray
+
+    try:
+        actor = ray.get_actor(ledger, namespace=LEDGER_NAMESPACE)
+    except ValueError:  # the dataset is used outside `train` (e.g. the bench)
+        log.warning("skipped bad records in %s: %s", split, counts)
+        return
+    ray.get(actor.add.remote(split, counts, examples))  # before the batch is delivered
+
+
 def preprocess_batch(
     batch: dict[str, np.ndarray],
     *,
     data: DataSection,
-    training: bool,
+    split: str,
     fs: pafs.FileSystem,
     uri_prefix: str,
     ledger: str | None,
 ) -> dict[str, np.ndarray]:
-    """One Ray Data batch -> {"image": float32 NCHW, "label": int64}, applying the
-    bad-record policy. Runs in a map task on the data group."""
+    """One Ray Data batch -> {"image": float32 NCHW, "label": int64, "row_digest": int64},
+    applying the bad-record policy. Runs in a map task on the data group; only the train
+    split is augmented."""
     encoded = batch[data.image_column]
     labels, bad = check_labels(batch[data.label_column], data.num_classes)
     images, bad_images = decode_images(encoded, data.image_encoding, data.image_shape)
@@ -195,22 +220,33 @@ def preprocess_batch(
         keep = np.ones(len(labels), dtype=bool)
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
-        for j, kind, r in bad:
+        for j, kind, why in bad:
             if keep[j]:
                 keep[j] = False
                 counts[kind] = counts.get(kind, 0) + 1
-                examples.setdefault(kind, f"{uri_prefix}{paths[j] if paths is not None else '?'}: {r}")
-        if ledger:
-            import ray
-
-            try:
-                actor = ray.get_actor(ledger, namespace=LEDGER_NAMESPACE)
-                ray.get(actor.add.remote(counts, examples))
-            except ValueError:  # no ledger (dataset used outside `train`): just log
-                log.warning("skipped bad records: %s", counts)
-        images, labels = images[keep], labels[keep]
+                examples.setdefault(kind, f"{uri_prefix}{paths[j] if paths is not None else '?'}: {why}")
+        _report_skipped(ledger, split, counts, examples)
+        images, labels, encoded = images[keep], labels[keep], encoded[keep]
+    training = split == "train"
     rng = np.random.default_rng() if training else None  # fresh entropy: differs every epoch
-    return {"image": preprocess(images, data, training=training, rng=rng), "label": labels}
+    return {
+        "image": preprocess(images, data, training=training, rng=rng),
+        "label": labels,
+        ROW_DIGEST_COLUMN: row_digests(encoded),
+    }
+
+
+def preprocess_block(block: dict[str, np.ndarray], **kwargs) -> Iterator[dict[str, np.ndarray]]:
+    """A whole read block, preprocessed ``data.map_batch_size`` rows at a time.
+
+    Taking whole blocks (``batch_size=None``) lets Ray fuse the map into the read task: one
+    operator, so every data core decodes, instead of Ray reserving cores for a read operator
+    that has little to do; yielding chunks keeps each output block small."""
+    n = len(block[kwargs["data"].label_column])
+    step = kwargs["data"].map_batch_size
+    for start in range(0, n, step):
+        chunk = {k: v[start : start + step] for k, v in block.items()}
+        yield preprocess_batch(chunk, **kwargs)
 
 
 def build_dataset(
@@ -218,7 +254,7 @@ def build_dataset(
     files: list[str],
     cfg: PipelineConfig,
     *,
-    training: bool,
+    split: str,
     selector: dict[str, str] | None,
     ledger: str | None = None,
 ):
@@ -235,9 +271,10 @@ def build_dataset(
     # Inside Train workers the per-operator bars print as blank lines; the loop prints
     # one line per epoch with rows/s and data wait instead.
     ctx.enable_operator_progress_bars = False
+    ctx.target_max_block_size = int(os.environ.get("RP_BLOCK", 4 << 20))
     data = cfg.data
     shuffle = None
-    if training and data.file_shuffle:
+    if split == "train" and data.file_shuffle:
         shuffle = FileShuffleConfig(seed=data.shuffle_seed) if data.shuffle_seed is not None else "files"
     placement = {"label_selector": selector} if selector else {}
     ds = ray.data.read_parquet(
@@ -246,16 +283,17 @@ def build_dataset(
         columns=[data.image_column, data.label_column],
         shuffle=shuffle,
         include_paths=True,
+        override_num_blocks=len(files),
         **placement,
     )
     return ds.map_batches(
-        preprocess_batch,
-        batch_size=data.map_batch_size,
+        preprocess_block,
+        batch_size=None,
         batch_format="numpy",
         zero_copy_batch=True,
         fn_kwargs=dict(
             data=data,
-            training=training,
+            split=split,
             fs=loc.fs,
             uri_prefix="s3://" if loc.is_s3 else "",
             ledger=ledger,
@@ -266,12 +304,12 @@ def build_dataset(
 
 def build_train_dataset(splits: Splits, cfg: PipelineConfig, selector, ledger=None):
     return build_dataset(
-        splits.train, splits.train_check.files, cfg, training=True, selector=selector, ledger=ledger
+        splits.train, splits.train_check.files, cfg, split="train", selector=selector, ledger=ledger
     )
 
 
 def build_validation_dataset(splits: Splits, cfg: PipelineConfig, selector, ledger=None):
     return build_dataset(
-        splits.validation, splits.validation_check.files, cfg, training=False, selector=selector,
-        ledger=ledger,
+        splits.validation, splits.validation_check.files, cfg, split="validation",
+        selector=selector, ledger=ledger,
     )

@@ -15,7 +15,12 @@ import tempfile
 import time
 from typing import Any
 
+from ray.train import UserCallback
+
 from pipeline.config import PipelineConfig
+from pipeline.data import ROW_DIGEST_COLUMN
+from pipeline.errors import DataError, find_pipeline_error
+from pipeline.transforms import DIGEST_MIX
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,16 @@ def _reduce(values: list[float], op: str) -> list[float]:
     return t.tolist()
 
 
+def _reduce_int(t) -> list[int]:
+    """Exact all-reduce (sum) of an int64 tensor across train workers."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
 def _batches(shard, cfg: PipelineConfig, device, *, training: bool):
     import torch
 
@@ -56,7 +71,8 @@ def _batches(shard, cfg: PipelineConfig, device, *, training: bool):
         batch_size=d.batch_size if training else d.validation_batch_size,
         prefetch_batches=d.prefetch_batches,
         device=device,
-        dtypes={"image": torch.float32, "label": torch.int64},  # every column must be named
+        # every column must be named
+        dtypes={"image": torch.float32, "label": torch.int64, ROW_DIGEST_COLUMN: torch.int64},
         pin_memory=device.type == "cuda",
     )
     if training and d.local_shuffle_buffer > 0:
@@ -72,6 +88,7 @@ def _train_epoch(model, optimizer, scaler, shard, cfg, device, amp_dtype) -> dic
 
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    digest = torch.zeros(2, device=device, dtype=torch.int64)
     rows = 0
     wait = 0.0
     first_batch_s = None
@@ -94,9 +111,12 @@ def _train_epoch(model, optimizer, scaler, shard, cfg, device, amp_dtype) -> dic
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach().double() * len(y)  # stays on device: no sync per step
+        d = batch[ROW_DIGEST_COLUMN]
+        digest += torch.stack([d.sum(), ((d * DIGEST_MIX) & 0xFFFFFFFF).sum()])
         rows += len(y)
     elapsed = time.perf_counter() - start
     total_rows, total_loss, wait_sum = _reduce([rows, float(loss_sum), wait], "sum")
+    digest_sums = _reduce_int(digest)
     (max_elapsed,) = _reduce([elapsed], "max")
     workers = _reduce([1.0], "sum")[0]
     return {
@@ -106,6 +126,7 @@ def _train_epoch(model, optimizer, scaler, shard, cfg, device, amp_dtype) -> dic
         "rows_per_s": total_rows / max(max_elapsed, 1e-9),
         "data_wait_fraction": (wait_sum / workers) / max(max_elapsed, 1e-9),
         "first_batch_s": first_batch_s or 0.0,
+        "train_digest": digest_sums,
     }
 
 
@@ -165,15 +186,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(model)  # to device, DistributedDataParallel
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
+    ledger = _ledger(loop_config.get("ledger")) if rank == 0 else None
 
     for epoch in range(start_epoch, tr.epochs):
         metrics = {"epoch": epoch + 1}
+        if ledger is not None:
+            ray.get(ledger.reset.remote())  # count skipped records per epoch
         metrics.update(_train_epoch(model, optimizer, scaler, train_shard, cfg, device, amp_dtype))
         plain = getattr(model, "module", model)
         checkpoint = None
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:  # the full validation set is every worker's; rank 0 evaluates it
                 metrics.update(_evaluate(plain, val_shard, cfg, device, amp_dtype))
+                if ledger is not None:
+                    metrics["skipped_records"] = ray.get(ledger.snapshot.remote())["counts"]
                 history.append(metrics)
                 state = {
                     "model": plain.state_dict(),
@@ -190,6 +216,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
 
 
+def _ledger(name: str | None):
+    import ray
+
+    from pipeline.data import LEDGER_NAMESPACE
+
+    if not name:
+        return None
+    try:
+        return ray.get_actor(name, namespace=LEDGER_NAMESPACE)
+    except ValueError:
+        return None
+
+
 def format_epoch(m: dict, epochs: int) -> str:
     return (
         f"epoch {m['epoch']}/{epochs}: train_loss={m['train_loss']:.4f} "
@@ -202,13 +241,29 @@ def format_epoch(m: dict, epochs: int) -> str:
 # --- on the driver ----------------------------------------------------------------------------
 
 
+class StopOnDataError(UserCallback):
+    """A bad record fails the same way on every retry: stop at once instead of restarting the
+    worker group ``train.max_failures`` times. Runs on the Train controller."""
+
+    def after_exception(self, run_context, worker_exceptions):
+        for error in worker_exceptions.values():
+            cause = find_pipeline_error(error)
+            if isinstance(cause, DataError):
+                raise cause
+
+
 def job_env_vars(cfg: PipelineConfig) -> dict[str, str]:
     """Env vars for every Ray process of this job."""
     import json
     return json.loads(os.environ.get("RP_JOB_ENV", "{}"))
 
 
-def build_trainer(cfg: PipelineConfig, datasets: dict, storage) -> Any:
+def build_trainer(
+    cfg: PipelineConfig, datasets: dict, storage, loop=None, extra_loop_config: dict | None = None
+) -> Any:
+    """The TorchTrainer for ``cfg``: workers on the train group, data options on the data group.
+
+    ``loop`` defaults to the training loop; the benchmark passes its own timing loop."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -218,8 +273,8 @@ def build_trainer(cfg: PipelineConfig, datasets: dict, storage) -> Any:
     if cfg.data.placement.selector:
         data_options.label_selector = dict(cfg.data.placement.selector)
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json")},
+        loop or train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), **(extra_loop_config or {})},
         scaling_config=ScalingConfig(
             num_workers=tr.num_workers,
             use_gpu=tr.use_gpu,
@@ -232,6 +287,7 @@ def build_trainer(cfg: PipelineConfig, datasets: dict, storage) -> Any:
             storage_filesystem=storage.fs if storage.is_s3 else None,
             checkpoint_config=CheckpointConfig(num_to_keep=tr.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=tr.max_failures),
+            callbacks=[StopOnDataError()],
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=data_options),
@@ -280,7 +336,7 @@ def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
         check_inputs,
         ledger_name,
     )
-    from pipeline.errors import PipelineError, find_pipeline_error
+    from pipeline.errors import PipelineError
     from pipeline.storage import check_bucket, resolve, write_json
 
     started = time.monotonic()
@@ -294,18 +350,17 @@ def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
     else:
         check_placement(cfg)
 
+    name = ledger_name(cfg.storage.run_name)
     ledger = (
         ray.remote(BadRecordLedger)
-        .options(name=ledger_name(cfg.storage.run_name), namespace=LEDGER_NAMESPACE,
-                 get_if_exists=True, num_cpus=0)
+        .options(name=name, namespace=LEDGER_NAMESPACE, get_if_exists=True, num_cpus=0)
         .remote()
     )
-    name = ledger_name(cfg.storage.run_name)
     datasets = {
         "train": build_train_dataset(splits, cfg, cfg.data.placement.selector, name),
         "validation": build_validation_dataset(splits, cfg, cfg.data.placement.selector, name),
     }
-    trainer = build_trainer(cfg, datasets, storage)
+    trainer = build_trainer(cfg, datasets, storage, extra_loop_config={"ledger": name})
     try:
         result = trainer.fit()
     except Exception as e:
@@ -317,20 +372,21 @@ def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
         cause = find_pipeline_error(result.error)
         raise cause if cause is not None else PipelineError(f"training failed: {result.error}")
 
-    bad = ray.get(ledger.snapshot.remote())
+    examples = ray.get(ledger.snapshot.remote())["examples"]
+    history = read_history(result.checkpoint)
     skipped_files = {**splits.train_check.skipped_files, **splits.validation_check.skipped_files}
     summary = summarise(
-        read_history(result.checkpoint),
+        history,
         cfg,
         {
             "checkpoint": storage.uri_of(result.checkpoint.path) if result.checkpoint else None,
             "ray_job_id": ray.get_runtime_context().get_job_id(),
             "wall_s": round(time.monotonic() - started, 2),
             "train_rows_in_dataset": splits.train_check.rows,
-            "bad_records": {
-                **bad["counts"],
-                "skipped_files": len(skipped_files),
-                "examples": {**bad["examples"], **skipped_files},
+            "bad_records": {  # rows skipped in one pass over each split (the last epoch)
+                "skipped_rows": history[-1].get("skipped_records", {}) if history else {},
+                "skipped_files": skipped_files,
+                "examples": examples,
             },
         },
     )

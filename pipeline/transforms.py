@@ -6,6 +6,7 @@ decode -> augment (training only, random per batch, so every epoch differs) -> n
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -150,3 +151,18 @@ def check_labels(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, list
             msg = f"label {out[i]} is outside the classes 0..{num_classes - 1}"
             bad.append(BadRecord(int(i), "bad_label", msg))
     return out, bad
+
+
+def row_digests(encoded: Sequence[bytes]) -> np.ndarray:
+    """CRC-32 of each record's encoded image, as int64: summed over an epoch, two such sums
+    (see ``epoch_digest``) show whether every row arrived exactly once, whatever the order."""
+    return np.fromiter((zlib.crc32(b) for b in encoded), dtype=np.int64, count=len(encoded))
+
+
+DIGEST_MIX = 0x9E3779B1  # a second, independent sum: (d * MIX) mod 2**32
+
+
+def epoch_digest(digests: np.ndarray) -> tuple[int, int]:
+    """Order-independent digest of a multiset of row digests: (sum d, sum (d*MIX mod 2**32))."""
+    d = np.asarray(digests, dtype=np.int64)
+    return int(d.sum()), int(((d * DIGEST_MIX) & 0xFFFFFFFF).sum())

@@ -1,0 +1,544 @@
+"""``ray-pipeline bench``: does the pipeline keep the trainer fed, next to its ceilings?
+
+On one synthetic dataset of encoded images, on local disk and on S3, it measures rows/s of:
+
+- ``limit``: the pipeline's own preprocessing alone, one process per data core, on batches
+  already in memory: the CPU ceiling of this machine for this work;
+- ``raw_read``: pyarrow reading the files: the storage ceiling;
+- ``dataloader``: a PyTorch DataLoader over the same files (workers = data cores) with the
+  same preprocessing: what users would pick instead;
+- ``ray``: the pipeline's own path (``pipeline.data`` → ``iter_torch_batches`` inside a Train
+  worker), timed inside the loop from the first request to the last batch;
+
+plus time to first batch, fit start-up and tear-down, peak memory (every process of this
+run, shared memory counted once, and the object store) and, with ``--model``, the share of
+each training step spent waiting for data.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
+from pipeline.storage import Location, list_files, resolve
+
+PATHS = ("limit", "raw_read", "dataloader", "ray")
+DECODED_BYTES_PER_PIXEL = 4  # float32 after normalisation
+
+
+@dataclass
+class Dataset:
+    """One copy of the bench dataset: where it is and what it holds."""
+
+    storage: str  # "local" | "s3"
+    loc: Location
+    files: list[str]
+    rows: int
+    stored_bytes: int
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+class MemorySampler:
+    """Peak memory of this process and all its descendants (the local Ray, DataLoader workers).
+
+    PSS counts shared pages once, split among the processes that map them, so the object
+    store's shared memory is not counted once per worker."""
+
+    def __init__(self, interval_s: float = 0.25):
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current() -> int:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.Error, AttributeError):
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+# --- dataset ----------------------------------------------------------------------------------
+
+
+def ensure_local_dataset(workdir: Path, rows: int, cfg: PipelineConfig) -> Path:
+    """The synthetic dataset under ``workdir``, written once and reused while rows match."""
+    from pipeline.prepare import prepare, synthetic_source
+
+    root = workdir / f"synthetic-{rows}"
+    manifest = root / "_manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        if m["splits"]["train"]["rows"] + m["splits"]["validation"]["rows"] == rows:
+            return root
+    print(f"bench: writing {rows} synthetic rows to {root}", flush=True)
+    # almost everything in train: the bench streams the train split
+    prepare(synthetic_source(rows), str(root), cfg.s3, validation_fraction=0.001, overwrite=True)
+    return root
+
+
+def upload(local_root: Path, uri: str, cfg: PipelineConfig) -> None:
+    from pipeline.storage import check_bucket
+
+    loc = resolve(uri, cfg.s3, "--s3-uri", create_bucket=True)
+    check_bucket(loc, cfg.s3, create=True)
+    existing = {os.path.basename(p) for p in list_files(loc)} if _exists(loc) else set()
+    local = sorted((local_root / "train").glob("*.parquet"))
+    if {p.name for p in local} == existing:
+        return
+    print(f"bench: uploading {len(local)} files to {uri}", flush=True)
+    for p in local:
+        pafs.copy_files(str(p), loc.join(p.name), destination_filesystem=loc.fs)
+
+
+def _exists(loc: Location) -> bool:
+    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+
+
+def open_dataset(storage: str, uri: str, cfg: PipelineConfig) -> Dataset:
+    loc = resolve(uri, cfg.s3, "bench dataset")
+    files = list_files(loc)
+    infos = loc.fs.get_file_info(files)
+    rows = 0
+    for path in files:
+        with loc.fs.open_input_file(path) as f:
+            rows += pq.ParquetFile(f).metadata.num_rows
+    return Dataset(storage, loc, files, rows, sum(i.size for i in infos))
+
+
+def subset(ds: Dataset, rows: int) -> Dataset:
+    """The first files of ``ds`` holding at least ``rows`` rows."""
+    files, total, size = [], 0, 0
+    infos = dict(zip(ds.files, ds.loc.fs.get_file_info(ds.files)))
+    for path in ds.files:
+        with ds.loc.fs.open_input_file(path) as f:
+            n = pq.ParquetFile(f).metadata.num_rows
+        files.append(path)
+        total += n
+        size += infos[path].size
+        if total >= rows:
+            break
+    return Dataset(ds.storage, ds.loc, files, total, size)
+
+
+# --- the four paths ---------------------------------------------------------------------------
+
+_LIMIT_BATCHES: list = []  # set before forking the limit's workers (copy-on-write)
+
+
+def _limit_worker(args) -> int:
+    from pipeline.data import preprocess_batch
+
+    indices, data = args
+    fs = pafs.LocalFileSystem()
+    n = 0
+    for i in indices:
+        out = preprocess_batch(_LIMIT_BATCHES[i], data=data, split="train", fs=fs, uri_prefix="", ledger=None)
+        n += len(out["label"])
+    return n
+
+
+def measure_limit(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
+    """Preprocessing alone: in-memory batches, one forked process per data core."""
+    global _LIMIT_BATCHES
+    d = cfg.data
+    batches = []
+    for path in ds.files:
+        with ds.loc.fs.open_input_file(path) as f:
+            table = pq.read_table(f, columns=[d.image_column, d.label_column])
+        for rb in table.to_batches(max_chunksize=d.map_batch_size):
+            batches.append({
+                d.image_column: rb.column(0).to_numpy(zero_copy_only=False),
+                d.label_column: rb.column(1).to_numpy(),
+            })
+    _LIMIT_BATCHES = batches
+    shards = [(list(range(i, len(batches), cpus)), d) for i in range(cpus)]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(cpus) as pool:
+        pool.map(_limit_worker, [([0], d)] * cpus)  # warm up: imports, first-call costs
+        start = time.perf_counter()
+        rows = sum(pool.map(_limit_worker, shards))
+        seconds = time.perf_counter() - start
+    _LIMIT_BATCHES = []
+    return {"rows": rows, "seconds": seconds}
+
+
+def measure_raw_read(ds: Dataset, cfg: PipelineConfig) -> dict:
+    """pyarrow reading every file (multi-threaded): the storage ceiling."""
+    import pyarrow.dataset as pads
+
+    start = time.perf_counter()
+    table = pads.dataset(ds.files, filesystem=ds.loc.fs, format="parquet").to_table(
+        columns=[cfg.data.image_column, cfg.data.label_column], use_threads=True
+    )
+    seconds = time.perf_counter() - start
+    return {"rows": table.num_rows, "seconds": seconds}
+
+
+class _ParquetStream:
+    """A torch IterableDataset: each DataLoader worker reads its share of files row group by
+    row group and runs the pipeline's preprocessing, yielding training-sized batches."""
+
+    def __init__(self, ds: Dataset, data, batch_size: int):
+        self.files, self.fs, self.data, self.batch_size = ds.files, ds.loc.fs, data, batch_size
+
+    def __iter__(self):
+        import torch
+        from torch.utils.data import get_worker_info
+
+        from pipeline.data import preprocess_batch
+
+        info = get_worker_info()
+        files = self.files[info.id :: info.num_workers] if info else self.files
+        d = self.data
+        for path in files:
+            with self.fs.open_input_file(path) as f:
+                reader = pq.ParquetFile(f)
+                for rb in reader.iter_batches(batch_size=d.map_batch_size, columns=[d.image_column, d.label_column]):
+                    out = preprocess_batch(
+                        {d.image_column: rb.column(0).to_numpy(zero_copy_only=False),
+                         d.label_column: rb.column(1).to_numpy()},
+                        data=d, split="train", fs=self.fs, uri_prefix="", ledger=None,
+                    )
+                    x, y = torch.from_numpy(out["image"]), torch.from_numpy(out["label"])
+                    for i in range(0, len(y), self.batch_size):
+                        yield x[i : i + self.batch_size], y[i : i + self.batch_size]
+
+
+def measure_dataloader(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
+    from torch.utils.data import DataLoader, IterableDataset
+
+    stream = type("ParquetStream", (_ParquetStream, IterableDataset), {})(ds, cfg.data, cfg.data.batch_size)
+    loader = DataLoader(stream, batch_size=None, num_workers=cpus, prefetch_factor=4,
+                        multiprocessing_context="fork")
+    rows = 0
+    start = time.perf_counter()
+    first = None
+    for _, y in loader:
+        if first is None:
+            first = time.perf_counter() - start
+        rows += len(y)
+    return {"rows": rows, "seconds": time.perf_counter() - start, "ttfb_s": first}
+
+
+class _Collector:
+    """Receives the Train worker's timings (Train V2 keeps metrics only with checkpoints)."""
+
+    def __init__(self):
+        self.items = []
+
+    def put(self, item):
+        self.items.append(item)
+
+    def get(self):
+        return self.items
+
+
+def bench_loop(config: dict) -> None:
+    """Runs in the Train worker: iterate the shard like the training loop does, time it."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from pipeline.model import build_model, build_optimizer
+    from pipeline.train import _batches
+
+    loop_start = time.time()
+    cfg = PipelineConfig.model_validate(config["config"])
+    device = ray.train.torch.get_device()
+    model = optimizer = None
+    if config.get("model"):
+        model = ray.train.torch.prepare_model(build_model(config["model"], cfg.data.image_shape, cfg.data.num_classes))
+        optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0, 0)
+    shard = ray.train.get_dataset_shard("train")
+    epochs = []
+    for _ in range(config["epochs"]):
+        rows, wait, first = 0, 0.0, None
+        batches = iter(_batches(shard, cfg, device, training=True))
+        start = time.perf_counter()
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            waited = time.perf_counter() - t
+            wait += waited
+            first = waited if first is None else first
+            if batch is None:
+                break
+            rows += len(batch["label"])
+            if model is not None:
+                loss = torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        seconds = time.perf_counter() - start
+        epochs.append({"rows": rows, "seconds": seconds, "ttfb_s": first, "wait_s": wait})
+    collector = ray.get_actor(config["collector"])
+    ray.get(collector.put.remote({"epochs": epochs, "loop_start": loop_start, "loop_end": time.time()}))
+    ray.train.report({"done": 1})
+
+
+def measure_ray(ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str | None, epochs: int) -> dict:
+    import ray
+
+    from pipeline.data import build_dataset
+    from pipeline.train import build_trainer
+
+    name = f"bench-collector-{time.time_ns()}"
+    collector = ray.remote(_Collector).options(name=name, num_cpus=0).remote()
+    train = build_dataset(ds.loc, ds.files, cfg, split="train", selector=cfg.data.placement.selector)
+    storage = resolve(str(workdir / "ray-runs"), cfg.s3, "bench storage")
+    trainer = build_trainer(
+        cfg, {"train": train}, storage, loop=bench_loop,
+        extra_loop_config={"collector": name, "model": model, "epochs": epochs},
+    )
+    before_spill = spilled_bytes()
+    fit_start = time.time()
+    trainer.fit()
+    fit_end = time.time()
+    (out,) = ray.get(collector.get.remote())
+    ray.kill(collector)
+    first = out["epochs"][0]
+    total_rows = sum(e["rows"] for e in out["epochs"])
+    total_s = sum(e["seconds"] for e in out["epochs"])
+    return {
+        "rows": total_rows,
+        "seconds": total_s,
+        "ttfb_s": first["ttfb_s"],
+        "data_wait_fraction": sum(e["wait_s"] for e in out["epochs"]) / max(total_s, 1e-9),
+        "fit_startup_s": out["loop_start"] - fit_start,
+        "teardown_s": fit_end - out["loop_end"],
+        "epochs": out["epochs"],
+        "spilled_bytes": spilled_bytes() - before_spill,
+    }
+
+
+def spilled_bytes() -> int:
+    """Bytes the object store has spilled to disk so far (Ray's own memory summary)."""
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(stats_only=True)
+    m = re.search(r"Spilled (\d+) MiB", text)
+    return int(m.group(1)) << 20 if m else 0
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchOptions:
+    rows: int = 200_000
+    workdir: Path = Path("bench-data")
+    storages: tuple[str, ...] = ("local", "s3")
+    paths: tuple[str, ...] = PATHS
+    data_cpus: int | None = None
+    s3_uri: str | None = None  # default: s3://ray-pipeline-bench/synthetic-N on moto or s3.endpoint
+    model: str | None = None
+    epochs: int = 1
+    memory_check: bool = False
+    object_store_mb: int = 100
+
+
+def start_moto() -> tuple[str, object]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise PipelineError(
+            "the S3 bench needs an endpoint: pass --set s3.endpoint=... or install moto[server] "
+            "(the dev extra) for a local one"
+        ) from None
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for k, v in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
+        os.environ.setdefault(k, v)
+    return f"http://127.0.0.1:{port}", server
+
+
+def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> dict:
+    from pipeline.cluster import EMBEDDED, connect, without_selectors
+
+    workdir = opts.workdir.resolve()
+    local_root = ensure_local_dataset(workdir, opts.rows, cfg)
+    cfg = cfg.model_copy(deep=True)
+    meta = json.loads((local_root / "_manifest.json").read_text())
+    cfg.data.image_shape = tuple(meta["image_shape"])
+    cfg.data.num_classes = meta["num_classes"]
+    cfg.data.image_encoding = meta["encoding"]
+
+    moto = None
+    datasets: dict[str, Dataset] = {}
+    if "local" in opts.storages:
+        datasets["local"] = open_dataset("local", str(local_root / "train"), cfg)
+    if "s3" in opts.storages:
+        if not (cfg.s3.endpoint or os.environ.get("AWS_ENDPOINT_URL")) and opts.s3_uri is None:
+            endpoint, moto = start_moto()
+            cfg.s3.endpoint = endpoint
+            cfg.s3.scheme = "http"
+        uri = opts.s3_uri or f"s3://ray-pipeline-bench/synthetic-{opts.rows}/train"
+        upload(local_root, uri, cfg)
+        datasets["s3"] = open_dataset("s3", uri, cfg)
+
+    cpus = opts.data_cpus or os.cpu_count() or 1
+    results: dict = {"rows": opts.rows, "data_cpus": cpus, "storages": {}}
+    embedded = None
+    try:
+        if "ray" in opts.paths:
+            import ray
+
+            embedded = (address or os.environ.get("RAY_ADDRESS") or EMBEDDED) == EMBEDDED
+            if embedded:
+                # data gets every core; the Train worker only iterates (and steps a model)
+                # a custom resource places the Train worker without taking a data core
+                ray.init(address=EMBEDDED, num_cpus=cpus, resources={"bench_trainer": 1},
+                         object_store_memory=opts.object_store_mb << 20, logging_level="WARNING")
+                cfg = without_selectors(cfg)
+                cfg.train.resources_per_worker = {"CPU": 0, "bench_trainer": 1}
+            else:
+                connect(address)
+        for name, ds in datasets.items():
+            per: dict = {"files": len(ds.files), "rows": ds.rows, "bytes_per_row": ds.stored_bytes / ds.rows}
+            for path in opts.paths:
+                if path == "limit" and name != "local" and "local" in datasets:
+                    per["limit"] = results["storages"]["local"]["limit"]  # storage plays no part
+                    continue
+                print(f"bench: {name} {path} ...", flush=True)
+                with MemorySampler() as mem:
+                    if path == "limit":
+                        r = measure_limit(ds, cfg, cpus)
+                    elif path == "raw_read":
+                        r = measure_raw_read(ds, cfg)
+                    elif path == "dataloader":
+                        r = measure_dataloader(ds, cfg, cpus)
+                    else:
+                        r = measure_ray(ds, cfg, workdir, model=opts.model, epochs=opts.epochs)
+                r["rows_per_s"] = r["rows"] / r["seconds"]
+                r["mb_per_s"] = r["rows_per_s"] * per["bytes_per_row"] / 1e6
+                r["peak_memory_bytes"] = mem.peak
+                per[path] = r
+            results["storages"][name] = per
+        if opts.memory_check and "ray" in opts.paths:
+            results["memory_check"] = memory_check(datasets.get("local") or datasets["s3"], cfg, workdir, opts)
+    finally:
+        if embedded:
+            import ray
+
+            ray.shutdown()
+        if moto is not None:
+            moto.stop()
+    return finalize(results, opts)
+
+
+def memory_check(ds: Dataset, cfg: PipelineConfig, workdir: Path, opts: BenchOptions) -> dict:
+    """The ray path over 1x and 5x the object store's size of (decoded) data."""
+    h, w, c = cfg.data.image_shape
+    decoded_row = h * w * c * DECODED_BYTES_PER_PIXEL + 8
+    store = opts.object_store_mb << 20
+    out = {"object_store_bytes": store, "decoded_bytes_per_row": decoded_row}
+    for factor in (1, 5):
+        part = subset(ds, int(factor * store / decoded_row))
+        print(f"bench: memory {factor}x ({part.rows} rows) ...", flush=True)
+        with MemorySampler() as mem:
+            r = measure_ray(part, cfg, workdir, model=None, epochs=1)
+        out[f"{factor}x"] = {
+            "rows": part.rows,
+            "decoded_bytes": part.rows * decoded_row,
+            "peak_memory_bytes": mem.peak,
+            "spilled_bytes": r["spilled_bytes"],
+            "rows_per_s": r["rows"] / r["seconds"],
+        }
+    out["peak_ratio_5x_to_1x"] = out["5x"]["peak_memory_bytes"] / out["1x"]["peak_memory_bytes"]
+    return out
+
+
+def finalize(results: dict, opts: BenchOptions) -> dict:
+    """Top-level keys from the primary storage (S3 when measured: the product's path)."""
+    primary = "s3" if "s3" in results["storages"] else "local"
+    per = results["storages"][primary]
+    results["primary_storage"] = primary
+    for path in PATHS:
+        if path in per:
+            results[path] = per[path]["rows_per_s"]
+    if "ray" in per:
+        results["ttfb_s"] = per["ray"]["ttfb_s"]
+        results["peak_memory_bytes"] = per["ray"]["peak_memory_bytes"]
+        results["fit_startup_s"] = per["ray"]["fit_startup_s"]
+        results["teardown_s"] = per["ray"]["teardown_s"]
+        results["data_wait_fraction"] = per["ray"]["data_wait_fraction"]
+        if "dataloader" in per:
+            results["ray_vs_dataloader"] = per["ray"]["rows_per_s"] / per["dataloader"]["rows_per_s"]
+        if "limit" in per:
+            results["ray_vs_limit"] = per["ray"]["rows_per_s"] / per["limit"]["rows_per_s"]
+    results["model"] = opts.model
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'storage':8} {'path':11} {'rows/s':>10} {'MB/s':>8} {'vs limit':>9} {'peak mem':>10}  notes"]
+    for name, per in results["storages"].items():
+        limit = per.get("limit", {}).get("rows_per_s")
+        for path in PATHS:
+            if path not in per:
+                continue
+            r = per[path]
+            notes = []
+            if r.get("ttfb_s") is not None:
+                notes.append(f"first batch {r['ttfb_s']:.2f}s")
+            if path == "ray":
+                notes += [f"fit start-up {r['fit_startup_s']:.1f}s", f"tear-down {r['teardown_s']:.1f}s",
+                          f"data wait {100 * r['data_wait_fraction']:.0f}%"]
+            ratio = f"{r['rows_per_s'] / limit:.2f}x" if limit else "-"
+            lines.append(
+                f"{name:8} {path:11} {r['rows_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {ratio:>9} "
+                f"{r['peak_memory_bytes'] / 2**20:>8.0f}Mi  {', '.join(notes)}"
+            )
+    mc = results.get("memory_check")
+    if mc:
+        lines.append(
+            f"memory: 1x object store of data ({mc['1x']['rows']} rows) peak "
+            f"{mc['1x']['peak_memory_bytes'] / 2**20:.0f}Mi, 5x ({mc['5x']['rows']} rows) peak "
+            f"{mc['5x']['peak_memory_bytes'] / 2**20:.0f}Mi: ratio {mc['peak_ratio_5x_to_1x']:.2f}; "
+            f"spilled {mc['5x']['spilled_bytes'] >> 20} MiB"
+        )
+    return "\n".join(lines)
