@@ -37,3 +37,12 @@ crds: ## download KubeRay's CRDs (the chart tests validate against them) into .c
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
+
+# --- Images and a local run on kind (need docker; kind-e2e also kind, helm, kubectl) ---------
+.PHONY: image kind-e2e
+
+image: ## build ghcr.io/ray-pipeline/ray-pipeline:<version> (CPU) and :<version>-gpu (docker/Dockerfile)
+	bash scripts/build-image.sh cpu gpu
+
+kind-e2e: ## kind cluster, KubeRay 1.7.0, the chart with MinIO; prepare + train RayJobs to SUCCEEDED; tear down
+	bash scripts/kind-e2e.sh

@@ -743,8 +743,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the RayJob; touch nothing")
     p.add_argument("--no-wait", action="store_true", help="create the job and return")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="stop following after this long (exit 3; the job goes on)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop following after this long (exit 3; the job goes on)",
+    )
     _cluster_flags(p)
     p.set_defaults(func=cmd_submit)
 
@@ -754,7 +759,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", help="the RayJob's name")
     p.add_argument("--follow", "-f", action="store_true", help="follow it until it finishes")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="with --follow: stop following after this long (exit 3)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --follow: stop following after this long (exit 3)",
+    )
     _cluster_flags(p)
     p.set_defaults(func=cmd_status)
