@@ -272,6 +272,9 @@ def build_dataset(
     # one line per epoch with rows/s and data wait instead.
     ctx.enable_operator_progress_bars = False
     ctx.target_max_block_size = int(os.environ.get("RP_BLOCK", 4 << 20))
+    # S3 retries are s3.retry_max_attempts in pyarrow, a bounded window; Ray Data's own layer
+    # on top (10 attempts, backoff up to 32 s each) would stretch a lasting outage to minutes.
+    ctx.retried_io_errors = []
     data = cfg.data
     shuffle = None
     if split == "train" and data.file_shuffle:

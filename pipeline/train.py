@@ -320,6 +320,25 @@ def summarise(history: list[dict], cfg: PipelineConfig, extra: dict) -> dict:
     }
 
 
+def _user_error(error: BaseException, cfg: PipelineConfig, storage) -> BaseException:
+    """The one-line error for a failed fit: ours if one is inside, else a lost S3 endpoint,
+    else Ray's own error unchanged (a bug, shown with its traceback)."""
+    from pipeline.errors import StorageError
+    from pipeline.storage import is_s3_connection_error, resolve_endpoint
+
+    cause = find_pipeline_error(error)
+    if cause is not None:
+        return cause
+    if is_s3_connection_error(str(error)):
+        return StorageError(
+            f"lost the S3 endpoint {resolve_endpoint(cfg.s3).describe()} (s3.endpoint) during "
+            f"training, after s3.retry_max_attempts={cfg.s3.retry_max_attempts} retries per request "
+            f"and train.max_failures={cfg.train.max_failures} restarts; checkpoints written before "
+            f"are kept under {storage.uri}/{cfg.storage.run_name}: rerun the same command to resume"
+        )
+    return error
+
+
 def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
     """Check inputs, connect, train (resuming if the run has checkpoints), write summary.json.
 
@@ -336,7 +355,6 @@ def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
         check_inputs,
         ledger_name,
     )
-    from pipeline.errors import PipelineError
     from pipeline.storage import check_bucket, resolve, write_json
 
     started = time.monotonic()
@@ -364,13 +382,7 @@ def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
     try:
         result = trainer.fit()
     except Exception as e:
-        cause = find_pipeline_error(e)
-        if cause is not None:
-            raise cause from None
-        raise
-    if getattr(result, "error", None) is not None:
-        cause = find_pipeline_error(result.error)
-        raise cause if cause is not None else PipelineError(f"training failed: {result.error}")
+        raise _user_error(e, cfg, storage) from None
 
     examples = ray.get(ledger.snapshot.remote())["examples"]
     history = read_history(result.checkpoint)

@@ -60,8 +60,11 @@ class S3:
 @pytest.fixture(scope="session")
 def s3():
     """moto's S3 server on 127.0.0.1 and a free port: a real HTTP S3 endpoint."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     os.environ.update(FAKE_AWS)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -89,6 +92,17 @@ class RayCluster:
     address: str
     cluster: object
     node_ids: dict[str, str]  # group name -> node id
+    nodes: dict[str, object]  # worker group name -> cluster_utils node
+
+    def replace_node(self, group: str) -> str:
+        """Remove the group's node (as when its pod is deleted) and add a new one in its place."""
+        import ray
+
+        self.cluster.remove_node(self.nodes[group])
+        with _node_group(group):
+            self.nodes[group] = self.cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
+        self.node_ids[group] = self.nodes[group].node_id
+        return self.node_ids[group]
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +127,7 @@ def ray_cluster(s3):
             ids[group] = n["NodeID"]
     ray.shutdown()
     assert set(ids) == {"headgroup", "data", "train"}, ids
-    yield RayCluster(address=cluster.address, cluster=cluster, node_ids=ids)
+    yield RayCluster(address=cluster.address, cluster=cluster, node_ids=ids, nodes=nodes)
     cluster.shutdown()
 
 
