@@ -55,30 +55,42 @@ class Dataset:
 class MemorySampler:
     """Peak memory of this process and all its descendants (the local Ray, DataLoader workers).
 
-    PSS counts shared pages once, split among the processes that map them, so the object
-    store's shared memory is not counted once per worker."""
+    Counts PSS, which splits shared pages among the processes that map them, so the object
+    store's shared memory is counted once, not once per worker. Read from smaps_rollup, which
+    costs the kernel little: the sampler must not steal the CPU it is measuring."""
 
-    def __init__(self, interval_s: float = 0.25):
+    def __init__(self, interval_s: float = 2.0):
         self.interval_s = interval_s
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def current() -> int:
+    def _pss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) << 10
+        except OSError:
+            pass
+        try:
+            import psutil
+
+            return psutil.Process(pid).memory_info().rss
+        except Exception:
+            return 0
+
+    @classmethod
+    def current(cls) -> int:
         import psutil
 
         me = psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_full_info().pss
-            except (psutil.Error, AttributeError):
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-        return total
+        try:
+            pids = [me.pid, *(p.pid for p in me.children(recursive=True))]
+        except psutil.Error:
+            pids = [me.pid]
+        return sum(cls._pss(pid) for pid in pids)
 
     def _run(self):
         while not self._stop.is_set():
@@ -283,12 +295,12 @@ def bench_loop(config: dict) -> None:
 
     loop_start = time.time()
     cfg = PipelineConfig.model_validate(config["config"])
+    shard = ray.train.get_dataset_shard("train")  # first, as in the training loop
     device = ray.train.torch.get_device()
     model = optimizer = None
     if config.get("model"):
         model = ray.train.torch.prepare_model(build_model(config["model"], cfg.data.image_shape, cfg.data.num_classes))
         optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0, 0)
-    shard = ray.train.get_dataset_shard("train")
     epochs = []
     for _ in range(config["epochs"]):
         rows, wait, first = 0, 0.0, None
@@ -318,6 +330,7 @@ def bench_loop(config: dict) -> None:
 def measure_ray(ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str | None, epochs: int) -> dict:
     import ray
 
+    from pipeline.cluster import warm_up_data_workers
     from pipeline.data import build_dataset
     from pipeline.train import build_trainer
 
@@ -329,6 +342,7 @@ def measure_ray(ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str |
         cfg, {"train": train}, storage, loop=bench_loop,
         extra_loop_config={"collector": name, "model": model, "epochs": epochs},
     )
+    warm_up_data_workers(cfg.data.placement.selector)  # as `train` does
     before_spill = spilled_bytes()
     fit_start = time.time()
     trainer.fit()
@@ -352,9 +366,10 @@ def measure_ray(ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str |
 
 def spilled_bytes() -> int:
     """Bytes the object store has spilled to disk so far (Ray's own memory summary)."""
+    import ray
     from ray._private.internal_api import memory_summary
 
-    text = memory_summary(stats_only=True)
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     m = re.search(r"Spilled (\d+) MiB", text)
     return int(m.group(1)) << 20 if m else 0
 

@@ -13,6 +13,12 @@ log = logging.getLogger(__name__)
 
 EMBEDDED = "local"  # ray.init(address="local"): a Ray started in this process, one node
 
+# Settings for every Ray node (the Helm chart sets the same env on its pods; a test checks).
+# Ray ends idle task workers after 1 s once a node runs more workers than CPUs, which the
+# Train and Ray Data actors always make it do: every epoch then paid ~2 s to start and import
+# fresh data workers (benchmarks/RESULTS.md). Keep idle workers for 5 minutes instead.
+RAY_NODE_ENV = {"RAY_idle_worker_killing_time_threshold_ms": "300000"}
+
 
 def resolve_address(address: str | None) -> str:
     """--address, else RAY_ADDRESS (set in KubeRay pods and RayJob submitters), else local.
@@ -31,6 +37,9 @@ def connect(address: str | None, env_vars: dict[str, str] | None = None) -> str:
     kwargs = {}
     if env_vars:
         kwargs["runtime_env"] = {"env_vars": env_vars}
+    if address == EMBEDDED:
+        for key, value in RAY_NODE_ENV.items():  # read by the raylet that ray.init starts
+            os.environ.setdefault(key, value)
     try:
         ray.init(address=address, logging_level=logging.WARNING, **kwargs)
     except ConnectionError as e:
@@ -120,3 +129,52 @@ def check_placement(cfg: PipelineConfig) -> None:
                         f"{', train.use_gpu' if res == 'GPU' else ''}) but nodes matching "
                         f"{placement.selector} have {res}={total:g} in all"
                     )
+
+
+def _warm_up_worker() -> int:
+    """Import what a read-and-preprocess task imports, so the first epoch's tasks start warm."""
+    import importlib
+
+    import pipeline.data  # noqa: F401  (pyarrow, PIL, numpy, the config schema)
+
+    for module in ("pyarrow.dataset", "ray.data", "ray.data._internal.datasource.parquet_datasource"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a private module moved: that part is simply not warmed
+            pass
+    return os.getpid()
+
+
+def train_runtime_env() -> dict:
+    """The runtime env Ray Train gives its controller, and so the split coordinator and the
+    data tasks it launches. Ray pools workers by runtime env (its serialized form), so
+    warm-up tasks must carry the same one to warm the workers the first epoch will use.
+    Mirrors Ray Train 2.60 internals; if they move, warm-up is skipped, nothing breaks."""
+    try:
+        from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR as warn
+        from ray.train.v2._internal.constants import (
+            DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE as default,
+        )
+        from ray.train.v2._internal.constants import get_env_vars_to_propagate
+    except ImportError:
+        return {}
+    env = get_env_vars_to_propagate()
+    env.setdefault(warn, default)
+    return {"env_vars": env}
+
+
+def warm_up_data_workers(selector: dict[str, str]) -> list:
+    """Start one worker per data-group CPU before training (not waited for): with idle workers
+    kept (RAY_NODE_ENV), the first epoch's read tasks then skip process start-up and imports."""
+    import ray
+
+    runtime_env = train_runtime_env()
+    if not runtime_env:
+        return []
+    nodes = matching_nodes(selector) if selector else _alive_nodes()
+    cpus = int(sum(n.get("Resources", {}).get("CPU", 0) for n in nodes))
+    options = {"num_cpus": 1, "runtime_env": runtime_env}
+    if selector:
+        options["label_selector"] = selector
+    task = ray.remote(_warm_up_worker).options(**options)
+    return [task.remote() for _ in range(min(cpus, 256))]

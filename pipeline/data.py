@@ -8,7 +8,6 @@ trainer: Train executes the datasets with its own execution options.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -236,14 +235,33 @@ def preprocess_batch(
     }
 
 
+MIN_BLOCK_BYTES = 1 << 20
+
+
+def decoded_row_bytes(data: DataSection) -> int:
+    h, w, c = data.image_shape
+    return h * w * c * 4 + 16  # float32 image, int64 label and digest
+
+
+def output_block_bytes(data: DataSection) -> int:
+    """Preprocessed blocks of about one training batch (at least 1 MiB): small enough that the
+    first batch leaves the data group early, large enough to keep per-block costs low."""
+    return max(MIN_BLOCK_BYTES, data.batch_size * decoded_row_bytes(data))
+
+
+def chunk_rows(data: DataSection) -> int:
+    """Rows per preprocessing call: data.map_batch_size, fewer if they would overfill a block."""
+    return max(1, min(data.map_batch_size, output_block_bytes(data) // decoded_row_bytes(data)))
+
+
 def preprocess_block(block: dict[str, np.ndarray], **kwargs) -> Iterator[dict[str, np.ndarray]]:
-    """A whole read block, preprocessed ``data.map_batch_size`` rows at a time.
+    """A whole read block, preprocessed a chunk at a time (``chunk_rows``).
 
     Taking whole blocks (``batch_size=None``) lets Ray fuse the map into the read task: one
     operator, so every data core decodes, instead of Ray reserving cores for a read operator
     that has little to do; yielding chunks keeps each output block small."""
     n = len(block[kwargs["data"].label_column])
-    step = kwargs["data"].map_batch_size
+    step = chunk_rows(kwargs["data"])
     for start in range(0, n, step):
         chunk = {k: v[start : start + step] for k, v in block.items()}
         yield preprocess_batch(chunk, **kwargs)
@@ -271,7 +289,7 @@ def build_dataset(
     # Inside Train workers the per-operator bars print as blank lines; the loop prints
     # one line per epoch with rows/s and data wait instead.
     ctx.enable_operator_progress_bars = False
-    ctx.target_max_block_size = int(os.environ.get("RP_BLOCK", 4 << 20))
+    ctx.target_max_block_size = output_block_bytes(cfg.data)
     # S3 retries are s3.retry_max_attempts in pyarrow, a bounded window; Ray Data's own layer
     # on top (10 attempts, backoff up to 32 s each) would stretch a lasting outage to minutes.
     ctx.retried_io_errors = []

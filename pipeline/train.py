@@ -162,6 +162,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     cfg = PipelineConfig.model_validate(loop_config["config"])
     tr = cfg.train
+    # First: Ray Data starts the data path's coordinator while the model is being built.
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation")
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(tr.seed)
@@ -184,8 +187,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
             log.info("resuming from epoch %d (%s)", start_epoch, checkpoint.path)
 
     model = ray.train.torch.prepare_model(model)  # to device, DistributedDataParallel
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
     ledger = _ledger(loop_config.get("ledger")) if rank == 0 else None
 
     for epoch in range(start_epoch, tr.epochs):
@@ -346,7 +347,13 @@ def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
     config, endpoint or dataset costs seconds and leaves existing checkpoints untouched."""
     import ray
 
-    from pipeline.cluster import EMBEDDED, check_placement, connect, without_selectors
+    from pipeline.cluster import (
+        EMBEDDED,
+        check_placement,
+        connect,
+        warm_up_data_workers,
+        without_selectors,
+    )
     from pipeline.data import (
         LEDGER_NAMESPACE,
         BadRecordLedger,
@@ -367,6 +374,7 @@ def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
         cfg = without_selectors(cfg)
     else:
         check_placement(cfg)
+    warm_up_data_workers(cfg.data.placement.selector)
 
     name = ledger_name(cfg.storage.run_name)
     ledger = (

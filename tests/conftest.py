@@ -113,6 +113,9 @@ def ray_cluster(s3):
     import ray
     from ray.cluster_utils import Cluster
 
+    from pipeline.cluster import RAY_NODE_ENV
+
+    os.environ.update(RAY_NODE_ENV)  # what the chart sets on every Ray pod
     with _node_group("headgroup"):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = {}

@@ -12,7 +12,7 @@ import yaml
 FREE_FORM = {
     "nodeSelector", "tolerations", "affinity", "podLabels", "podAnnotations", "env",
     "rayStartParams", "rayLabels", "annotations", "imagePullSecrets", "operatorFrom",
-    "clientFrom", "metricsFrom", "podSecurityContext", "containerSecurityContext",
+    "clientFrom", "metricsFrom", "podSecurityContext", "containerSecurityContext", "nodeEnv",
 }  # fmt: skip
 
 

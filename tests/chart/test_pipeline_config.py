@@ -127,3 +127,14 @@ def test_with_autoscaling_the_pipeline_waits_for_new_nodes(render, chart_dir, va
     assert (config.data.placement.wait_s, config.train.placement.wait_s) == (600, 1800)
     # Without an autoscaler nothing would come: the pipeline's default (fail at once) stays.
     assert "wait_s" not in render().pipeline_config["train"]["placement"]
+
+
+def test_every_ray_container_gets_the_pipelines_node_settings(ci):
+    """RAY_NODE_ENV (pipeline/cluster.py) is what the embedded Ray and the test cluster run
+    with; the chart gives every Ray container the same, so clusters behave as measured."""
+    cluster = pytest.importorskip("pipeline.cluster")
+    for name, template in ci.ray_pod_templates():
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            for key, value in cluster.RAY_NODE_ENV.items():
+                assert env.get(key) == value, (name, container["name"], key)

@@ -348,10 +348,14 @@ Checks JSON Schema cannot express. Each message names the value to fix.
   containerPort: 8080
 {{- end -}}
 
-{{/* Env of every Ray container: the config path and the S3 keys from the Secret. */}}
+{{/* Env of every Ray container: the config path, Ray's node settings, the S3 keys from the Secret. */}}
 {{- define "ray-pipeline.rayEnv" -}}
 - name: RAY_PIPELINE_CONFIG
   value: {{ include "ray-pipeline.configPath" .root | quote }}
+{{- range $name, $value := .root.Values.ray.nodeEnv }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
 {{- if not .root.Values.s3.credentials.useAmbient }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
