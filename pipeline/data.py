@@ -77,8 +77,9 @@ def _check_footer(loc: Location, path: str, data: DataSection) -> tuple[int, str
                 lo, hi = stats.min, stats.max
                 if lo < 0 or hi >= data.num_classes:
                     return md.num_rows, (
-                        f"labels {lo}..{hi} in {uri} rows {first_row}-{first_row + rg.num_rows - 1} "
-                        f"are outside the classes 0..{data.num_classes - 1} (data.num_classes)"
+                        f"labels {lo:g}..{hi:g} in {uri} rows {first_row}-{first_row + rg.num_rows - 1} "
+                        f"are outside the classes 0..{data.num_classes - 1} (data.num_classes; "
+                        "data.bad_records=skip skips and counts such rows)"
                     )
             first_row += rg.num_rows
     return md.num_rows, None
@@ -103,7 +104,9 @@ def check_split(loc: Location, data: DataSection, *, threads: int = 16) -> FileC
             log.warning("skipping %s", problem)
             result.skipped_files[loc.uri_of(path)] = problem
         else:
-            raise DataError(problem + " (data.bad_records=fail; 'skip' skips such files)")
+            if "data.bad_records" not in problem:
+                problem += " (data.bad_records=skip skips such files)"
+            raise DataError(problem)
     if not good:
         raise DataError(f"no usable Parquet files under {loc.uri} ({loc.field})")
     result.files = good

@@ -64,7 +64,7 @@ def fault_config(tmp_path: Path, endpoint: str, run: str, **overrides) -> Path:
         "storage": {"run_name": run, "checkpoint_uri": f"s3://{BUCKET}/checkpoints"},
         "s3": {"endpoint": endpoint},
     }
-    for dotted, value in overrides.items():
+    for dotted, value in overrides.items():  # section__key=value
         section, key = dotted.split("__")
         tree[section][key] = value
     return write_config(tmp_path / f"{run}.yaml", tree)
