@@ -27,21 +27,18 @@ def resolve_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or EMBEDDED
 
 
-def connect(address: str | None, env_vars: dict[str, str] | None = None) -> str:
-    """Start or join Ray; returns the address used. Job-wide env vars reach every task."""
+def connect(address: str | None) -> str:
+    """Start or join Ray; returns the address used."""
     import ray
 
     address = resolve_address(address)
     if ray.is_initialized():
         return address
-    kwargs = {}
-    if env_vars:
-        kwargs["runtime_env"] = {"env_vars": env_vars}
     if address == EMBEDDED:
         for key, value in RAY_NODE_ENV.items():  # read by the raylet that ray.init starts
             os.environ.setdefault(key, value)
     try:
-        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        ray.init(address=address, logging_level=logging.WARNING)
     except ConnectionError as e:
         raise ClusterError(f"cannot connect to Ray at {address} (--address / RAY_ADDRESS): {e}") from None
     return address
@@ -131,8 +128,9 @@ def check_placement(cfg: PipelineConfig) -> None:
                     )
 
 
-def _warm_up_worker() -> int:
-    """Import what a read-and-preprocess task imports, so the first epoch's tasks start warm."""
+def _warm_up_worker(hold_s: float = 0.0) -> int:
+    """Import what a read-and-preprocess task imports, so the first epoch's tasks start warm.
+    ``hold_s`` keeps zero-CPU warm-ups busy long enough to each get a process of its own."""
     import importlib
 
     import pipeline.data  # noqa: F401  (pyarrow, PIL, numpy, the config schema)
@@ -142,6 +140,7 @@ def _warm_up_worker() -> int:
             importlib.import_module(module)
         except ImportError:  # a private module moved: that part is simply not warmed
             pass
+    time.sleep(hold_s)
     return os.getpid()
 
 
@@ -177,4 +176,11 @@ def warm_up_data_workers(selector: dict[str, str]) -> list:
     if selector:
         options["label_selector"] = selector
     task = ray.remote(_warm_up_worker).options(**options)
-    return [task.remote() for _ in range(min(cpus, 256))]
+    refs = [task.remote() for _ in range(min(cpus, 256))]
+    # Two idle workers beside the driver, where Train starts Ray Data's split coordinator
+    # and dataset manager: an actor takes an idle worker of its runtime env when there is one.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    idle = ray.remote(_warm_up_worker).options(num_cpus=0, runtime_env=runtime_env, scheduling_strategy=here)
+    return refs + [idle.remote(hold_s=1.0) for _ in range(2)]

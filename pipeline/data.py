@@ -238,7 +238,7 @@ def preprocess_batch(
     }
 
 
-MIN_BLOCK_BYTES = 1 << 20
+MIN_BLOCK_BYTES = 8 << 20
 
 
 def decoded_row_bytes(data: DataSection) -> int:
@@ -247,8 +247,9 @@ def decoded_row_bytes(data: DataSection) -> int:
 
 
 def output_block_bytes(data: DataSection) -> int:
-    """Preprocessed blocks of about one training batch (at least 1 MiB): small enough that the
-    first batch leaves the data group early, large enough to keep per-block costs low."""
+    """Preprocessed blocks of at least 8 MiB (or a training batch, if larger). Every block
+    costs the executor and the consumer a fixed amount; 8 MiB blocks carried ~1.8x the rows/s
+    of 1 MiB ones for 28x28 images, and still leave the data group within ~0.1 s."""
     return max(MIN_BLOCK_BYTES, data.batch_size * decoded_row_bytes(data))
 
 
