@@ -52,16 +52,31 @@ class Dataset:
 # --- memory ---------------------------------------------------------------------------------
 
 
-class MemorySampler:
-    """Peak memory of this process and all its descendants (the local Ray, DataLoader workers).
+# Who used the CPU during a measurement: by what a process was seen doing (Ray renames
+# its workers "ray::<task>" while they run one).
+ROLES = (
+    ("data tasks", ("ReadParquet", "MapBatches", "preprocess")),
+    ("train worker", ("RayTrainWorker",)),
+    ("ray data coordinator", ("SplitCoordinator",)),
+    ("ray system", ("raylet", "gcs_server", "dashboard", "Dashboard", "log_monitor", "monitor.py",
+                    "runtime_env", "TrainController", "_StatsActor", "AutoscalingCoordinator",
+                    "PlacementGroupCleaner", "PreemptionWatcher", "DatasetManager")),
+)
 
-    Counts PSS, which splits shared pages among the processes that map them, so the object
-    store's shared memory is counted once, not once per worker. Read from smaps_rollup, which
-    costs the kernel little: the sampler must not steal the CPU it is measuring."""
 
-    def __init__(self, interval_s: float = 2.0):
+class ProcessSampler:
+    """Peak memory and CPU time by role of this process and all its descendants (the local
+    Ray, DataLoader workers), sampled every ``interval_s``.
+
+    Memory is PSS, which splits shared pages among the processes that map them, so the object
+    store's shared memory is counted once, not once per worker; it is read from smaps_rollup,
+    which costs the kernel little: the sampler must not steal the CPU it measures."""
+
+    def __init__(self, interval_s: float = 1.0):
         self.interval_s = interval_s
         self.peak = 0
+        self._names: dict[int, set[str]] = {}
+        self._samples: list[tuple[float, dict[int, float]]] = []  # (time.time(), pid -> cpu s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -74,37 +89,74 @@ class MemorySampler:
                         return int(line.split()[1]) << 10
         except OSError:
             pass
-        try:
-            import psutil
+        return 0
 
-            return psutil.Process(pid).memory_info().rss
-        except Exception:
-            return 0
-
-    @classmethod
-    def current(cls) -> int:
+    def _sample(self) -> None:
         import psutil
 
         me = psutil.Process()
         try:
-            pids = [me.pid, *(p.pid for p in me.children(recursive=True))]
+            procs = [me, *me.children(recursive=True)]
         except psutil.Error:
-            pids = [me.pid]
-        return sum(cls._pss(pid) for pid in pids)
+            procs = [me]
+        total = 0
+        cpu: dict[int, float] = {}
+        for p in procs:
+            try:
+                cpu[p.pid] = sum(p.cpu_times()[:2])
+                name = " ".join(p.cmdline()[:3])
+            except psutil.Error:
+                continue
+            self._names.setdefault(p.pid, set()).add(name)
+            total += self._pss(p.pid)
+        self._samples.append((time.time(), cpu))
+        self.peak = max(self.peak, total)
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
+            self._sample()
             self._stop.wait(self.interval_s)
 
     def __enter__(self):
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.current())
+        self._sample()
+
+    def cpu_by_role(self, window: tuple[float, float] | None = None) -> dict[str, float]:
+        """Average cores each role used, over the measurement or a (time.time()) window of it."""
+        samples = self._samples
+        if window is not None:
+            inside = [x for x in samples if window[0] <= x[0] <= window[1]]
+            samples = inside if len(inside) >= 2 else samples
+        (t0, first), t1 = samples[0], samples[-1][0]
+        seconds = max(t1 - t0, 1e-9)
+        last_cpu: dict[int, float] = {}
+        for _, cpu in samples:
+            last_cpu.update(cpu)  # each process's last reading, also of those that ended
+        me = os.getpid()
+        mine = " ".join(self._names.get(me, ()))
+        out: dict[str, float] = {}
+        for pid, last in last_cpu.items():
+            names = " ".join(self._names.get(pid, ()))
+            if pid == me:
+                role = "bench process"
+            elif names == mine:
+                role = "forked workers"  # the limit's pool, the DataLoader's workers
+            else:
+                role = "other"
+            for candidate, markers in ROLES:
+                if any(m in names for m in markers):
+                    role = candidate
+                    break
+            # a process born inside the window counts from zero; its last second before it
+            # ended is missed (the sampler reads every second)
+            out[role] = out.get(role, 0.0) + (last - first.get(pid, 0.0)) / seconds
+        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 # --- dataset ----------------------------------------------------------------------------------
@@ -302,6 +354,7 @@ def bench_loop(config: dict) -> None:
         model = ray.train.torch.prepare_model(build_model(config["model"], cfg.data.image_shape, cfg.data.num_classes))
         optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0, 0)
     epochs = []
+    stream_start = time.time()
     for _ in range(config["epochs"]):
         rows, wait, first = 0, 0.0, None
         batches = iter(_batches(shard, cfg, device, training=True))
@@ -323,7 +376,8 @@ def bench_loop(config: dict) -> None:
         seconds = time.perf_counter() - start
         epochs.append({"rows": rows, "seconds": seconds, "ttfb_s": first, "wait_s": wait})
     collector = ray.get_actor(config["collector"])
-    ray.get(collector.put.remote({"epochs": epochs, "loop_start": loop_start, "loop_end": time.time()}))
+    ray.get(collector.put.remote({"epochs": epochs, "loop_start": loop_start, "stream_start": stream_start,
+                                  "loop_end": time.time()}))
     ray.train.report({"done": 1})
 
 
@@ -360,6 +414,7 @@ def measure_ray(ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str |
         "fit_startup_s": out["loop_start"] - fit_start,
         "teardown_s": fit_end - out["loop_end"],
         "epochs": out["epochs"],
+        "stream_window": (out["stream_start"], out["loop_end"]),
         "spilled_bytes": spilled_bytes() - before_spill,
     }
 
@@ -459,7 +514,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                     per["limit"] = results["storages"]["local"]["limit"]  # storage plays no part
                     continue
                 print(f"bench: {name} {path} ...", flush=True)
-                with MemorySampler() as mem:
+                with ProcessSampler() as mem:
                     if path == "limit":
                         r = measure_limit(ds, cfg, cpus)
                     elif path == "raw_read":
@@ -471,6 +526,8 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                 r["rows_per_s"] = r["rows"] / r["seconds"]
                 r["mb_per_s"] = r["rows_per_s"] * per["bytes_per_row"] / 1e6
                 r["peak_memory_bytes"] = mem.peak
+                # the ray path: while batches stream (not Train's start-up and tear-down)
+                r["cpu_cores_by_role"] = mem.cpu_by_role(r.pop("stream_window", None))
                 per[path] = r
             results["storages"][name] = per
         if opts.memory_check and "ray" in opts.paths:
@@ -494,7 +551,7 @@ def memory_check(ds: Dataset, cfg: PipelineConfig, workdir: Path, opts: BenchOpt
     for factor in (1, 5):
         part = subset(ds, int(factor * store / decoded_row))
         print(f"bench: memory {factor}x ({part.rows} rows) ...", flush=True)
-        with MemorySampler() as mem:
+        with ProcessSampler() as mem:
             r = measure_ray(part, cfg, workdir, model=None, epochs=1)
         out[f"{factor}x"] = {
             "rows": part.rows,
@@ -541,6 +598,9 @@ def format_table(results: dict) -> str:
             if r.get("ttfb_s") is not None:
                 notes.append(f"first batch {r['ttfb_s']:.2f}s")
             if path == "ray":
+                epochs = [e["rows"] / e["seconds"] for e in r["epochs"]]
+                if len(epochs) > 1:
+                    notes.append(f"epoch 1 {epochs[0]:.0f} rows/s, later {sum(epochs[1:]) / len(epochs[1:]):.0f}")
                 notes += [f"fit start-up {r['fit_startup_s']:.1f}s", f"tear-down {r['teardown_s']:.1f}s",
                           f"data wait {100 * r['data_wait_fraction']:.0f}%"]
             ratio = f"{r['rows_per_s'] / limit:.2f}x" if limit else "-"
@@ -548,6 +608,11 @@ def format_table(results: dict) -> str:
                 f"{name:8} {path:11} {r['rows_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {ratio:>9} "
                 f"{r['peak_memory_bytes'] / 2**20:>8.0f}Mi  {', '.join(notes)}"
             )
+    for name, per in results["storages"].items():
+        for path in ("limit", "dataloader", "ray"):
+            if path in per and per[path].get("cpu_cores_by_role"):
+                split = ", ".join(f"{k} {v:.2f}" for k, v in per[path]["cpu_cores_by_role"].items() if v >= 0.01)
+                lines.append(f"cores used, {name} {path}: {split}")
     mc = results.get("memory_check")
     if mc:
         lines.append(
