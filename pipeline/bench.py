@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -58,9 +57,24 @@ ROLES = (
     ("data tasks", ("ReadParquet", "MapBatches", "preprocess")),
     ("train worker", ("RayTrainWorker",)),
     ("ray data coordinator", ("SplitCoordinator",)),
-    ("ray system", ("raylet", "gcs_server", "dashboard", "Dashboard", "log_monitor", "monitor.py",
-                    "runtime_env", "TrainController", "_StatsActor", "AutoscalingCoordinator",
-                    "PlacementGroupCleaner", "PreemptionWatcher", "DatasetManager")),
+    (
+        "ray system",
+        (
+            "raylet",
+            "gcs_server",
+            "dashboard",
+            "Dashboard",
+            "log_monitor",
+            "monitor.py",
+            "runtime_env",
+            "TrainController",
+            "_StatsActor",
+            "AutoscalingCoordinator",
+            "PlacementGroupCleaner",
+            "PreemptionWatcher",
+            "DatasetManager",
+        ),
+    ),
 )
 
 
@@ -210,7 +224,7 @@ def open_dataset(storage: str, uri: str, cfg: PipelineConfig) -> Dataset:
 def subset(ds: Dataset, rows: int) -> Dataset:
     """The first files of ``ds`` holding at least ``rows`` rows."""
     files, total, size = [], 0, 0
-    infos = dict(zip(ds.files, ds.loc.fs.get_file_info(ds.files)))
+    infos = dict(zip(ds.files, ds.loc.fs.get_file_info(ds.files), strict=True))
     for path in ds.files:
         with ds.loc.fs.open_input_file(path) as f:
             n = pq.ParquetFile(f).metadata.num_rows
@@ -234,7 +248,9 @@ def _limit_worker(args) -> int:
     fs = pafs.LocalFileSystem()
     n = 0
     for i in indices:
-        out = preprocess_batch(_LIMIT_BATCHES[i], data=data, split="train", fs=fs, uri_prefix="", ledger=None)
+        out = preprocess_batch(
+            _LIMIT_BATCHES[i], data=data, split="train", fs=fs, uri_prefix="", ledger=None
+        )
         n += len(out["label"])
     return n
 
@@ -248,10 +264,12 @@ def measure_limit(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
         with ds.loc.fs.open_input_file(path) as f:
             table = pq.read_table(f, columns=[d.image_column, d.label_column])
         for rb in table.to_batches(max_chunksize=d.map_batch_size):
-            batches.append({
-                d.image_column: rb.column(0).to_numpy(zero_copy_only=False),
-                d.label_column: rb.column(1).to_numpy(),
-            })
+            batches.append(
+                {
+                    d.image_column: rb.column(0).to_numpy(zero_copy_only=False),
+                    d.label_column: rb.column(1).to_numpy(),
+                }
+            )
     _LIMIT_BATCHES = batches
     shards = [(list(range(i, len(batches), cpus)), d) for i in range(cpus)]
     ctx = mp.get_context("fork")
@@ -295,11 +313,19 @@ class _ParquetStream:
         for path in files:
             with self.fs.open_input_file(path) as f:
                 reader = pq.ParquetFile(f)
-                for rb in reader.iter_batches(batch_size=d.map_batch_size, columns=[d.image_column, d.label_column]):
+                for rb in reader.iter_batches(
+                    batch_size=d.map_batch_size, columns=[d.image_column, d.label_column]
+                ):
                     out = preprocess_batch(
-                        {d.image_column: rb.column(0).to_numpy(zero_copy_only=False),
-                         d.label_column: rb.column(1).to_numpy()},
-                        data=d, split="train", fs=self.fs, uri_prefix="", ledger=None,
+                        {
+                            d.image_column: rb.column(0).to_numpy(zero_copy_only=False),
+                            d.label_column: rb.column(1).to_numpy(),
+                        },
+                        data=d,
+                        split="train",
+                        fs=self.fs,
+                        uri_prefix="",
+                        ledger=None,
                     )
                     x, y = torch.from_numpy(out["image"]), torch.from_numpy(out["label"])
                     for i in range(0, len(y), self.batch_size):
@@ -309,9 +335,12 @@ class _ParquetStream:
 def measure_dataloader(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
     from torch.utils.data import DataLoader, IterableDataset
 
-    stream = type("ParquetStream", (_ParquetStream, IterableDataset), {})(ds, cfg.data, cfg.data.batch_size)
-    loader = DataLoader(stream, batch_size=None, num_workers=cpus, prefetch_factor=4,
-                        multiprocessing_context="fork")
+    stream = type("ParquetStream", (_ParquetStream, IterableDataset), {})(
+        ds, cfg.data, cfg.data.batch_size
+    )
+    loader = DataLoader(
+        stream, batch_size=None, num_workers=cpus, prefetch_factor=4, multiprocessing_context="fork"
+    )
     rows = 0
     start = time.perf_counter()
     first = None
@@ -351,7 +380,9 @@ def bench_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     model = optimizer = None
     if config.get("model"):
-        model = ray.train.torch.prepare_model(build_model(config["model"], cfg.data.image_shape, cfg.data.num_classes))
+        model = ray.train.torch.prepare_model(
+            build_model(config["model"], cfg.data.image_shape, cfg.data.num_classes)
+        )
         optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0, 0)
     epochs = []
     stream_start = time.time()
@@ -376,12 +407,22 @@ def bench_loop(config: dict) -> None:
         seconds = time.perf_counter() - start
         epochs.append({"rows": rows, "seconds": seconds, "ttfb_s": first, "wait_s": wait})
     collector = ray.get_actor(config["collector"])
-    ray.get(collector.put.remote({"epochs": epochs, "loop_start": loop_start, "stream_start": stream_start,
-                                  "loop_end": time.time()}))
+    ray.get(
+        collector.put.remote(
+            {
+                "epochs": epochs,
+                "loop_start": loop_start,
+                "stream_start": stream_start,
+                "loop_end": time.time(),
+            }
+        )
+    )
     ray.train.report({"done": 1})
 
 
-def measure_ray(ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str | None, epochs: int) -> dict:
+def measure_ray(
+    ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str | None, epochs: int
+) -> dict:
     import ray
 
     from pipeline.cluster import warm_up_data_workers
@@ -390,10 +431,15 @@ def measure_ray(ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str |
 
     name = f"bench-collector-{time.time_ns()}"
     collector = ray.remote(_Collector).options(name=name, num_cpus=0).remote()
-    train = build_dataset(ds.loc, ds.files, cfg, split="train", selector=cfg.data.placement.selector)
+    train = build_dataset(
+        ds.loc, ds.files, cfg, split="train", selector=cfg.data.placement.selector
+    )
     storage = resolve(str(workdir / "ray-runs"), cfg.s3, "bench storage")
     trainer = build_trainer(
-        cfg, {"train": train}, storage, loop=bench_loop,
+        cfg,
+        {"train": train},
+        storage,
+        loop=bench_loop,
         extra_loop_config={"collector": name, "model": model, "epochs": epochs},
     )
     warm_up_data_workers(cfg.data.placement.selector)  # as `train` does
@@ -501,14 +547,23 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
             if embedded:
                 # data gets every core; the Train worker only iterates (and steps a model)
                 # a custom resource places the Train worker without taking a data core
-                ray.init(address=EMBEDDED, num_cpus=cpus, resources={"bench_trainer": 1},
-                         object_store_memory=opts.object_store_mb << 20, logging_level="WARNING")
+                ray.init(
+                    address=EMBEDDED,
+                    num_cpus=cpus,
+                    resources={"bench_trainer": 1},
+                    object_store_memory=opts.object_store_mb << 20,
+                    logging_level="WARNING",
+                )
                 cfg = without_selectors(cfg)
                 cfg.train.resources_per_worker = {"CPU": 0, "bench_trainer": 1}
             else:
                 connect(address)
         for name, ds in datasets.items():
-            per: dict = {"files": len(ds.files), "rows": ds.rows, "bytes_per_row": ds.stored_bytes / ds.rows}
+            per: dict = {
+                "files": len(ds.files),
+                "rows": ds.rows,
+                "bytes_per_row": ds.stored_bytes / ds.rows,
+            }
             for path in opts.paths:
                 if path == "limit" and name != "local" and "local" in datasets:
                     per["limit"] = results["storages"]["local"]["limit"]  # storage plays no part
@@ -531,7 +586,9 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                 per[path] = r
             results["storages"][name] = per
         if opts.memory_check and "ray" in opts.paths:
-            results["memory_check"] = memory_check(datasets.get("local") or datasets["s3"], cfg, workdir, opts)
+            results["memory_check"] = memory_check(
+                datasets.get("local") or datasets["s3"], cfg, workdir, opts
+            )
     finally:
         if embedded:
             import ray
@@ -579,7 +636,9 @@ def finalize(results: dict, opts: BenchOptions) -> dict:
         results["teardown_s"] = per["ray"]["teardown_s"]
         results["data_wait_fraction"] = per["ray"]["data_wait_fraction"]
         if "dataloader" in per:
-            results["ray_vs_dataloader"] = per["ray"]["rows_per_s"] / per["dataloader"]["rows_per_s"]
+            results["ray_vs_dataloader"] = (
+                per["ray"]["rows_per_s"] / per["dataloader"]["rows_per_s"]
+            )
         if "limit" in per:
             results["ray_vs_limit"] = per["ray"]["rows_per_s"] / per["limit"]["rows_per_s"]
     results["model"] = opts.model
@@ -587,7 +646,10 @@ def finalize(results: dict, opts: BenchOptions) -> dict:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'storage':8} {'path':11} {'rows/s':>10} {'MB/s':>8} {'vs limit':>9} {'peak mem':>10}  notes"]
+    lines = [
+        f"{'storage':8} {'path':11} {'rows/s':>10} {'MB/s':>8} {'vs limit':>9} "
+        f"{'peak mem':>10}  notes"
+    ]
     for name, per in results["storages"].items():
         limit = per.get("limit", {}).get("rows_per_s")
         for path in PATHS:
@@ -600,9 +662,19 @@ def format_table(results: dict) -> str:
             if path == "ray":
                 epochs = [e["rows"] / e["seconds"] for e in r["epochs"]]
                 if len(epochs) > 1:
-                    notes.append(f"epoch 1 {epochs[0]:.0f} rows/s, later {sum(epochs[1:]) / len(epochs[1:]):.0f}")
-                notes += [f"fit start-up {r['fit_startup_s']:.1f}s", f"tear-down {r['teardown_s']:.1f}s",
-                          f"data wait {100 * r['data_wait_fraction']:.0f}%"]
+                    notes.append(
+                        f"epoch 1 {epochs[0]:.0f} rows/s, "
+                        f"later {sum(epochs[1:]) / len(epochs[1:]):.0f}"
+                    )
+                notes += [
+                    f"fit start-up {r['fit_startup_s']:.1f}s",
+                    f"tear-down {r['teardown_s']:.1f}s",
+                ]
+                if results.get("model"):  # without a model the loop only waits for data
+                    notes.append(
+                        f"{results['model']} step waits for data "
+                        f"{100 * r['data_wait_fraction']:.0f}%"
+                    )
             ratio = f"{r['rows_per_s'] / limit:.2f}x" if limit else "-"
             lines.append(
                 f"{name:8} {path:11} {r['rows_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {ratio:>9} "
@@ -611,14 +683,17 @@ def format_table(results: dict) -> str:
     for name, per in results["storages"].items():
         for path in ("limit", "dataloader", "ray"):
             if path in per and per[path].get("cpu_cores_by_role"):
-                split = ", ".join(f"{k} {v:.2f}" for k, v in per[path]["cpu_cores_by_role"].items() if v >= 0.01)
+                split = ", ".join(
+                    f"{k} {v:.2f}" for k, v in per[path]["cpu_cores_by_role"].items() if v >= 0.01
+                )
                 lines.append(f"cores used, {name} {path}: {split}")
     mc = results.get("memory_check")
     if mc:
         lines.append(
             f"memory: 1x object store of data ({mc['1x']['rows']} rows) peak "
             f"{mc['1x']['peak_memory_bytes'] / 2**20:.0f}Mi, 5x ({mc['5x']['rows']} rows) peak "
-            f"{mc['5x']['peak_memory_bytes'] / 2**20:.0f}Mi: ratio {mc['peak_ratio_5x_to_1x']:.2f}; "
+            f"{mc['5x']['peak_memory_bytes'] / 2**20:.0f}Mi: "
+            f"ratio {mc['peak_ratio_5x_to_1x']:.2f}; "
             f"spilled {mc['5x']['spilled_bytes'] >> 20} MiB"
         )
     return "\n".join(lines)

@@ -23,11 +23,17 @@ CONFIG_ENV = "RAY_PIPELINE_CONFIG"  # the Helm chart mounts the config and sets 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", "-c", default=os.environ.get(CONFIG_ENV),
+        "--config",
+        "-c",
+        default=os.environ.get(CONFIG_ENV),
         help=f"YAML config file (default: ${CONFIG_ENV}, else built-in defaults)",
     )
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=5 (repeatable)",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -35,7 +41,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _address(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--address", default=None,
+        "--address",
+        default=None,
         help="Ray address (default: $RAY_ADDRESS, else start a local Ray in this process)",
     )
 
@@ -43,7 +50,8 @@ def _address(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ray-pipeline",
-        description="Parquet on S3/MinIO -> Ray Data on the CPU group -> Ray Train on the GPU group.",
+        description="Parquet on S3/MinIO -> Ray Data on the CPU group -> Ray Train on the GPU "
+        "group.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,13 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="local,s3", help="comma-separated: local, s3")
     p.add_argument("--paths", default="limit,raw_read,dataloader,ray", help="comma-separated")
     p.add_argument("--data-cpus", type=int, help="data cores (default: all of this machine's)")
-    p.add_argument("--s3-uri", help="dataset location on S3 (default: a bucket on s3.endpoint, "
-                   "or on a local moto server when no endpoint is set)")
-    p.add_argument("--model", choices=["simple_cnn", "resnet18"],
-                   help="also step this model in the Ray path: the data-wait share of each step")
+    p.add_argument(
+        "--s3-uri",
+        help="dataset location on S3 (default: a bucket on s3.endpoint, "
+        "or on a local moto server when no endpoint is set)",
+    )
+    p.add_argument(
+        "--model",
+        choices=["simple_cnn", "resnet18"],
+        help="also step this model in the Ray path: the data-wait share of each step",
+    )
     p.add_argument("--epochs", type=int, default=1, help="epochs of the Ray path")
-    p.add_argument("--memory-check", action="store_true",
-                   help="also run the Ray path over 1x and 5x the object store's size of data")
+    p.add_argument(
+        "--memory-check",
+        action="store_true",
+        help="also run the Ray path over 1x and 5x the object store's size of data",
+    )
     p.add_argument("--object-store-mb", type=int, default=100, help="object store of the local Ray")
     p.add_argument("--json", dest="json_path", help="write the figures to this file")
     p.set_defaults(func=cmd_bench)
@@ -127,8 +144,13 @@ def cmd_prepare(args) -> int:
         src = prep.imagefolder_source(args.directory, size)
     t = time.monotonic()
     manifest = prep.prepare(
-        src, out, cfg.s3, validation_fraction=args.validation_fraction, seed=args.seed,
-        overwrite=args.overwrite, create_bucket=args.create_bucket,
+        src,
+        out,
+        cfg.s3,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        create_bucket=args.create_bucket,
     )
     s = manifest["splits"]
     print(
@@ -137,7 +159,10 @@ def cmd_prepare(args) -> int:
         f"{manifest['uri']} ({time.monotonic() - t:.1f}s)",
         file=sys.stderr,
     )
-    print("train it with: " + " ".join(f"--set {o}" for o in prep.train_overrides(manifest)), file=sys.stderr)
+    print(
+        "train it with: " + " ".join(f"--set {o}" for o in prep.train_overrides(manifest)),
+        file=sys.stderr,
+    )
     print(json.dumps(manifest, sort_keys=True), flush=True)
     return 0
 
@@ -179,7 +204,8 @@ def cmd_demo(args) -> int:
     prep.prepare(prep.digits_source(), f"{workdir}/digits", cfg.s3, overwrite=True)
     print(
         f"demo: training {cfg.train.model} for {cfg.train.epochs} epochs on a local Ray",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
     summary = run_training(cfg, "local")
     _shutdown_ray()
@@ -199,9 +225,16 @@ def cmd_bench(args) -> int:
     if set(storages) - {"local", "s3"}:
         raise PipelineError(f"--storage: expected local and/or s3, got {args.storage!r}")
     opts = BenchOptions(
-        rows=args.rows, workdir=Path(args.workdir), storages=storages, paths=paths,
-        data_cpus=args.data_cpus, s3_uri=args.s3_uri, model=args.model, epochs=args.epochs,
-        memory_check=args.memory_check, object_store_mb=args.object_store_mb,
+        rows=args.rows,
+        workdir=Path(args.workdir),
+        storages=storages,
+        paths=paths,
+        data_cpus=args.data_cpus,
+        s3_uri=args.s3_uri,
+        model=args.model,
+        epochs=args.epochs,
+        memory_check=args.memory_check,
+        object_store_mb=args.object_store_mb,
     )
     results = run_bench(cfg, opts, args.address)
     results["command"] = "ray-pipeline " + " ".join(sys.argv[1:])

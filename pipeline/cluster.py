@@ -40,7 +40,9 @@ def connect(address: str | None) -> str:
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except ConnectionError as e:
-        raise ClusterError(f"cannot connect to Ray at {address} (--address / RAY_ADDRESS): {e}") from None
+        raise ClusterError(
+            f"cannot connect to Ray at {address} (--address / RAY_ADDRESS): {e}"
+        ) from None
     return address
 
 
@@ -67,11 +69,17 @@ def matching_nodes(selector: dict[str, str]) -> list[dict]:
 
 
 def _describe_groups() -> str:
-    groups = sorted({
-        ",".join(f"{k}={v}" for k, v in sorted((n.get("Labels") or {}).items()) if k != "ray.io/node-id")
-        or "(no labels)"
-        for n in _alive_nodes()
-    })
+    groups = sorted(
+        {
+            ",".join(
+                f"{k}={v}"
+                for k, v in sorted((n.get("Labels") or {}).items())
+                if k != "ray.io/node-id"
+            )
+            or "(no labels)"
+            for n in _alive_nodes()
+        }
+    )
     return "; ".join(groups)
 
 
@@ -83,7 +91,9 @@ def _wait_for(field: str, placement: Placement, demand: dict[str, float]) -> lis
 
     log.warning(
         "no node matches %s %s yet; asking the autoscaler and waiting up to %.0fs",
-        field, placement.selector, placement.wait_s,
+        field,
+        placement.selector,
+        placement.wait_s,
     )
     request_resources(bundles=[demand], bundle_label_selectors=[placement.selector])
     deadline = time.monotonic() + placement.wait_s
@@ -135,7 +145,11 @@ def _warm_up_worker(hold_s: float = 0.0) -> int:
 
     import pipeline.data  # noqa: F401  (pyarrow, PIL, numpy, the config schema)
 
-    for module in ("pyarrow.dataset", "ray.data", "ray.data._internal.datasource.parquet_datasource"):
+    for module in (
+        "pyarrow.dataset",
+        "ray.data",
+        "ray.data._internal.datasource.parquet_datasource",
+    ):
         try:
             importlib.import_module(module)
         except ImportError:  # a private module moved: that part is simply not warmed
@@ -182,5 +196,7 @@ def warm_up_data_workers(selector: dict[str, str]) -> list:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    idle = ray.remote(_warm_up_worker).options(num_cpus=0, runtime_env=runtime_env, scheduling_strategy=here)
+    idle = ray.remote(_warm_up_worker).options(
+        num_cpus=0, runtime_env=runtime_env, scheduling_strategy=here
+    )
     return refs + [idle.remote(hold_s=1.0) for _ in range(2)]

@@ -176,7 +176,9 @@ class S3Section(_Section):
     connect_timeout_s: float = Field(5.0, gt=0)
     request_timeout_s: float = Field(60.0, gt=0)
     retry_max_attempts: int = Field(
-        10, ge=1, le=16,
+        10,
+        ge=1,
+        le=16,
         description="per S3 request, backoff doubling from 25 ms: 10 rides out ~25 s of outage",
     )
 

@@ -42,7 +42,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.down is None else self.down(x)
@@ -58,7 +60,11 @@ class ResNet18(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int):
         super().__init__()
         if image_size < 64:
-            stem = [nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True)]
+            stem = [
+                nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(True),
+            ]
         else:
             stem = [
                 nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
@@ -93,5 +99,7 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float, momentum:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
+        )
     raise ValueError(f"unknown optimizer {name!r}")

@@ -110,7 +110,12 @@ def synthetic_source(rows: int, encoding: str = "png", seed: int = 0) -> Source:
         encoded.extend(encode_image(im, encoding) for im in imgs)
         labels[start : start + n] = base_labels[idx]
     return Source(
-        "synthetic", encoded, labels, (28, 28, 1), encoding, [str(i) for i in range(10)],
+        "synthetic",
+        encoded,
+        labels,
+        (28, 28, 1),
+        encoding,
+        [str(i) for i in range(10)],
         {"seed": seed},
     )
 
@@ -127,7 +132,9 @@ def imagefolder_source(
         raise DataError(f"imagefolder: {root} is not a directory")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise DataError(f"imagefolder: {root} needs at least two class sub-folders, found {classes}")
+        raise DataError(
+            f"imagefolder: {root} needs at least two class sub-folders, found {classes}"
+        )
     images: list[bytes] = []
     labels: list[int] = []
     shape: tuple[int, int, int] | None = None
@@ -168,7 +175,12 @@ def imagefolder_source(
     if len(encodings) > 1:  # decoding takes one declared encoding; PIL reads both anyway
         encodings = {"png"}
     return Source(
-        "imagefolder", images, np.asarray(labels, dtype=np.int64), shape, encodings.pop(), classes,
+        "imagefolder",
+        images,
+        np.asarray(labels, dtype=np.int64),
+        shape,
+        encodings.pop(),
+        classes,
         {"root": str(root)},
     )
 
@@ -176,7 +188,9 @@ def imagefolder_source(
 # --- writing -------------------------------------------------------------------------------
 
 
-def split_indices(labels: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, validation_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified shuffle split: every class keeps its share in both splits."""
     if not 0 < validation_fraction < 1:
         raise DataError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
@@ -239,7 +253,9 @@ def write_split(
                 write_statistics=["label"],
             )
         except OSError as e:
-            raise StorageError(f"cannot write {out.uri_of(path)}: {str(e).splitlines()[0]}") from None
+            raise StorageError(
+                f"cannot write {out.uri_of(path)}: {str(e).splitlines()[0]}"
+            ) from None
         files.append(out.uri_of(path))
     return {
         "rows": len(imgs),

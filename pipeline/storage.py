@@ -45,7 +45,9 @@ def resolve_endpoint(s3: S3Section) -> S3Endpoint:
         if "://" in raw:
             parsed = urlparse(raw)
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
-                raise StorageError(f"s3.endpoint {raw!r}: expected http(s)://host:port or host:port")
+                raise StorageError(
+                    f"s3.endpoint {raw!r}: expected http(s)://host:port or host:port"
+                )
             override = parsed.netloc
             scheme = scheme or parsed.scheme
         else:
@@ -220,7 +222,12 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
 
 
-S3_CONNECTION_ERRORS = ("AWS Error NETWORK_CONNECTION", "curlCode: 7", "curlCode: 28", "Could not connect")
+S3_CONNECTION_ERRORS = (
+    "AWS Error NETWORK_CONNECTION",
+    "curlCode: 7",
+    "curlCode: 28",
+    "Could not connect",
+)
 
 
 def is_s3_connection_error(text: str) -> bool:

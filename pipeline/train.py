@@ -50,7 +50,13 @@ from pipeline.data import (
 )
 from pipeline.errors import DataError, StorageError, find_pipeline_error
 from pipeline.model import build_model, build_optimizer
-from pipeline.storage import check_bucket, is_s3_connection_error, resolve, resolve_endpoint, write_json
+from pipeline.storage import (
+    check_bucket,
+    is_s3_connection_error,
+    resolve,
+    resolve_endpoint,
+    write_json,
+)
 from pipeline.transforms import DIGEST_MIX
 
 log = logging.getLogger(__name__)
@@ -180,7 +186,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(tr.seed)
 
     model = build_model(tr.model, cfg.data.image_shape, cfg.data.num_classes)
-    optimizer = build_optimizer(tr.optimizer, model.parameters(), tr.learning_rate, tr.weight_decay, tr.momentum)
+    optimizer = build_optimizer(
+        tr.optimizer, model.parameters(), tr.learning_rate, tr.weight_decay, tr.momentum
+    )
     amp_dtype = _amp_dtype(tr.mixed_precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, history = 0, []
@@ -224,7 +232,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     json.dump(history, f)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
                 log.info(format_epoch(metrics, tr.epochs))
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+            ray.train.report(
+                metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch + 1:04d}"
+            )
 
 
 def _ledger(name: str | None):
@@ -239,7 +249,8 @@ def _ledger(name: str | None):
 def format_epoch(m: dict, epochs: int) -> str:
     return (
         f"epoch {m['epoch']}/{epochs}: train_loss={m['train_loss']:.4f} "
-        f"val_loss={m.get('val_loss', float('nan')):.4f} val_acc={m.get('val_accuracy', float('nan')):.4f} "
+        f"val_loss={m.get('val_loss', float('nan')):.4f} "
+        f"val_acc={m.get('val_accuracy', float('nan')):.4f} "
         f"rows/s={m['rows_per_s']:.0f} data_wait={100 * m['data_wait_fraction']:.1f}% "
         f"({m['epoch_s']:.1f}s)"
     )
@@ -313,7 +324,8 @@ def summarise(history: list[dict], cfg: PipelineConfig, extra: dict) -> dict:
         "val_loss": last.get("val_loss"),
         "train_loss": last.get("train_loss"),
         "rows_per_s": sum(h["train_rows"] for h in history) / train_s,
-        "data_wait_fraction": sum(h["data_wait_fraction"] * h["epoch_s"] for h in history) / train_s,
+        "data_wait_fraction": sum(h["data_wait_fraction"] * h["epoch_s"] for h in history)
+        / train_s,
         "first_batch_s": last.get("first_batch_s"),
         "history": history,
         **extra,
@@ -329,7 +341,8 @@ def _user_error(error: BaseException, cfg: PipelineConfig, storage) -> BaseExcep
     if is_s3_connection_error(str(error)):
         return StorageError(
             f"lost the S3 endpoint {resolve_endpoint(cfg.s3).describe()} (s3.endpoint) during "
-            f"training, after s3.retry_max_attempts={cfg.s3.retry_max_attempts} retries per request "
+            f"training, after s3.retry_max_attempts={cfg.s3.retry_max_attempts} retries per "
+            "request "
             f"and train.max_failures={cfg.train.max_failures} restarts; checkpoints written before "
             f"are kept under {storage.uri}/{cfg.storage.run_name}: rerun the same command to resume"
         )

@@ -46,7 +46,8 @@ def decode_images(
 ) -> tuple[np.ndarray, list[BadRecord]]:
     """Decode a batch into uint8 N x H x W x C.
 
-    Returns the images and the records that failed; their slots are zero. The caller decides, by policy, whether a failure stops the run or is skipped.
+    Returns the images and the records that failed; their slots are zero. The caller decides,
+    by policy, whether a failure stops the run or is skipped.
     """
     h, w, c = shape
     out = np.zeros((len(encoded), h, w, c), dtype=np.uint8)
@@ -56,7 +57,9 @@ def decode_images(
         for i, b in enumerate(encoded):
             if b is None or len(b) != size:
                 n = 0 if b is None else len(b)
-                bad.append(BadRecord(i, "undecodable_image", f"raw image has {n} bytes, expected {size}"))
+                bad.append(
+                    BadRecord(i, "undecodable_image", f"raw image has {n} bytes, expected {size}")
+                )
                 continue
             out[i] = np.frombuffer(b, dtype=np.uint8).reshape(h, w, c)
         return out, bad
@@ -118,7 +121,9 @@ except ImportError:  # pragma: no cover
     simplejpeg = None
 
 _FAST_DECODERS = {
-    k: f for k, f, mod in (("png", _spng, pyspng), ("jpeg", _turbojpeg, simplejpeg)) if mod is not None
+    k: f
+    for k, f, mod in (("png", _spng, pyspng), ("jpeg", _turbojpeg, simplejpeg))
+    if mod is not None
 }
 
 

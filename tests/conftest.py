@@ -46,7 +46,9 @@ class S3:
     def keys(self, bucket: str, prefix: str = "") -> dict[str, str]:
         """Every object under ``prefix`` with its ETag."""
         out = {}
-        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for page in (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        ):
             for o in page.get("Contents", []):
                 out[o["Key"]] = o["ETag"]
         return out
@@ -96,7 +98,6 @@ class RayCluster:
 
     def replace_node(self, group: str) -> str:
         """Remove the group's node (as when its pod is deleted) and add a new one in its place."""
-        import ray
 
         self.cluster.remove_node(self.nodes[group])
         with _node_group(group):
@@ -158,7 +159,11 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> CliRes
     start = time.monotonic()
     p = subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=ROOT,
     )
     return CliResult(p.returncode, p.stdout, p.stderr, time.monotonic() - start)
 

@@ -36,7 +36,16 @@ class Expected:
 def faults_data(s3) -> Expected:
     """6,000 MNIST-shaped rows: epochs long enough (several seconds) to fault in the middle."""
     s3.make_bucket(BUCKET)
-    r = run_cli("prepare", "synthetic", "--rows", "6000", "--out", DATA, "--set", f"s3.endpoint={s3.endpoint}")
+    r = run_cli(
+        "prepare",
+        "synthetic",
+        "--rows",
+        "6000",
+        "--out",
+        DATA,
+        "--set",
+        f"s3.endpoint={s3.endpoint}",
+    )
     assert r.returncode == 0, r.output
     client = s3.client()
     images = []
@@ -75,16 +84,31 @@ class TrainRun:
 
     def __init__(self, ray_cluster, config: Path, s3, run: str):
         self.s3, self.run = s3, run
-        self.args = [sys.executable, "-m", "pipeline", "train", "--address", ray_cluster.address,
-                     "--config", str(config)]
+        self.args = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            "--address",
+            ray_cluster.address,
+            "--config",
+            str(config),
+        ]
         self.proc: subprocess.Popen | None = None
         self.start_time = 0.0
 
     def start(self) -> TrainRun:
         env = {**os.environ, **FAKE_AWS, "PYTHONUNBUFFERED": "1"}
         self.start_time = time.monotonic()
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env, cwd=ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         return self
 
     def snapshot(self) -> dict | None:
@@ -143,4 +167,3 @@ def finished_run(r: CliResult, expected: Expected, s3, run: str, epochs: int = 3
     assert_every_epoch_exactly_once(summary, expected, epochs)
     assert load_state(s3, run, epochs)["epoch"] == epochs
     return summary
-

@@ -29,7 +29,11 @@ def put_table(s3, key: str, table: pa.Table) -> None:
 
 def good_rows(s3, n: int) -> tuple[list[bytes], list[int]]:
     """The first ``n`` rows of the prepared dataset's first file: real PNG digits."""
-    body = s3.client().get_object(Bucket=BUCKET, Key="synthetic/train/part-00000.parquet")["Body"].read()
+    body = (
+        s3.client()
+        .get_object(Bucket=BUCKET, Key="synthetic/train/part-00000.parquet")["Body"]
+        .read()
+    )
     t = pq.read_table(io.BytesIO(body)).slice(0, n)
     return t.column("image").to_pylist(), t.column("label").to_pylist()
 
@@ -40,33 +44,60 @@ def make_dataset(s3, faults_data, prefix: str, *, other_schema: bool, bad_labels
     client = s3.client()
     kept: list[bytes] = []
     for key in s3.keys(BUCKET, "synthetic/train/"):
-        client.copy_object(Bucket=BUCKET, Key=key.replace("synthetic/", f"{prefix}/", 1),
-                           CopySource={"Bucket": BUCKET, "Key": key})
+        client.copy_object(
+            Bucket=BUCKET,
+            Key=key.replace("synthetic/", f"{prefix}/", 1),
+            CopySource={"Bucket": BUCKET, "Key": key},
+        )
         body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         kept += pq.read_table(io.BytesIO(body)).column("image").to_pylist()
 
     images, labels = good_rows(s3, 100)
-    broken = [b"\x89PNG\r\n\x1a\n not really" if i in UNDECODABLE_ROWS else im for i, im in enumerate(images)]
-    put_table(s3, f"{prefix}/train/bad-images.parquet",
-              pa.table({"image": pa.array(broken, pa.binary()), "label": pa.array(labels, pa.int64())}))
+    broken = [
+        b"\x89PNG\r\n\x1a\n not really" if i in UNDECODABLE_ROWS else im
+        for i, im in enumerate(images)
+    ]
+    put_table(
+        s3,
+        f"{prefix}/train/bad-images.parquet",
+        pa.table({"image": pa.array(broken, pa.binary()), "label": pa.array(labels, pa.int64())}),
+    )
     kept += [im for i, im in enumerate(images) if i not in UNDECODABLE_ROWS]
 
     images, labels = good_rows(s3, 50)
     float_labels = [bad_labels.get(i, float(v)) for i, v in enumerate(labels)]
-    put_table(s3, f"{prefix}/train/float-labels.parquet",
-              pa.table({"image": pa.array(images, pa.binary()), "label": pa.array(float_labels, pa.float64())}))
+    put_table(
+        s3,
+        f"{prefix}/train/float-labels.parquet",
+        pa.table(
+            {"image": pa.array(images, pa.binary()), "label": pa.array(float_labels, pa.float64())}
+        ),
+    )
     kept += [im for i, im in enumerate(images) if i not in bad_labels]
 
     if other_schema:
-        put_table(s3, f"{prefix}/train/other-schema.parquet",
-                  pa.table({"img": pa.array(images, pa.binary()), "target": pa.array(labels, pa.int64())}))
+        put_table(
+            s3,
+            f"{prefix}/train/other-schema.parquet",
+            pa.table(
+                {"img": pa.array(images, pa.binary()), "target": pa.array(labels, pa.int64())}
+            ),
+        )
     return Expected(rows=len(kept), digest=list(epoch_digest(row_digests(kept))))
 
 
 def test_skip_drops_and_counts_bad_records(ray_cluster, s3, faults_data, tmp_path):
-    expected = make_dataset(s3, faults_data, "skip-bad", other_schema=True, bad_labels=BAD_LABEL_ROWS)
-    cfg = fault_config(tmp_path, s3.endpoint, "bad-skip", train__epochs=2, data__bad_records="skip",
-                       data__train_uri=f"s3://{BUCKET}/skip-bad/train")
+    expected = make_dataset(
+        s3, faults_data, "skip-bad", other_schema=True, bad_labels=BAD_LABEL_ROWS
+    )
+    cfg = fault_config(
+        tmp_path,
+        s3.endpoint,
+        "bad-skip",
+        train__epochs=2,
+        data__bad_records="skip",
+        data__train_uri=f"s3://{BUCKET}/skip-bad/train",
+    )
     r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
     assert r.returncode == 0, r.output[-5000:]
     summary = r.summary()
@@ -86,8 +117,13 @@ def test_skip_drops_and_counts_bad_records(ray_cluster, s3, faults_data, tmp_pat
 
 def test_fail_names_the_file_and_row_and_does_not_retry(ray_cluster, s3, faults_data, tmp_path):
     make_dataset(s3, faults_data, "fail-bad", other_schema=False, bad_labels=RUNTIME_BAD_LABEL_ROWS)
-    cfg = fault_config(tmp_path, s3.endpoint, "bad-fail", data__bad_records="fail",
-                       data__train_uri=f"s3://{BUCKET}/fail-bad/train")
+    cfg = fault_config(
+        tmp_path,
+        s3.endpoint,
+        "bad-fail",
+        data__bad_records="fail",
+        data__train_uri=f"s3://{BUCKET}/fail-bad/train",
+    )
     r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
     assert r.returncode == 2, r.output[-5000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
@@ -109,10 +145,17 @@ def test_fail_names_the_file_and_row_and_does_not_retry(ray_cluster, s3, faults_
 def test_labels_outside_the_classes_fail_before_training(ray_cluster, s3, faults_data, tmp_path):
     images, labels = good_rows(s3, 20)
     labels[4] = 10
-    put_table(s3, "range-bad/train/part-00000.parquet",
-              pa.table({"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int64())}))
-    cfg = fault_config(tmp_path, s3.endpoint, "bad-range", data__train_uri=f"s3://{BUCKET}/range-bad/train")
+    put_table(
+        s3,
+        "range-bad/train/part-00000.parquet",
+        pa.table({"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int64())}),
+    )
+    cfg = fault_config(
+        tmp_path, s3.endpoint, "bad-range", data__train_uri=f"s3://{BUCKET}/range-bad/train"
+    )
     r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg), timeout=60)
     assert r.returncode == 2
-    assert (f"error: labels 0..10 in s3://{BUCKET}/range-bad/train/part-00000.parquet rows 0-19 are "
-            "outside the classes 0..9 (data.num_classes;") in r.stderr
+    assert (
+        f"error: labels 0..10 in s3://{BUCKET}/range-bad/train/part-00000.parquet rows 0-19 are "
+        "outside the classes 0..9 (data.num_classes;"
+    ) in r.stderr

@@ -26,15 +26,21 @@ def alive_train_worker_pids(address: str) -> list[int]:
 
     ray.init(address=address)
     try:
-        actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-                             raise_on_missing_output=False)
+        actors = list_actors(
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+            raise_on_missing_output=False,
+        )
     finally:
         ray.shutdown()
     return [a.pid for a in actors]
 
 
-def test_train_worker_killed_mid_epoch_restores_and_finishes(ray_cluster, s3, faults_data, tmp_path):
-    run = TrainRun(ray_cluster, fault_config(tmp_path, s3.endpoint, "worker-kill"), s3, "worker-kill").start()
+def test_train_worker_killed_mid_epoch_restores_and_finishes(
+    ray_cluster, s3, faults_data, tmp_path
+):
+    run = TrainRun(
+        ray_cluster, fault_config(tmp_path, s3.endpoint, "worker-kill"), s3, "worker-kill"
+    ).start()
     run.wait_for_epoch(1)
     pids = alive_train_worker_pids(ray_cluster.address)
     assert len(pids) == 1
@@ -47,7 +53,9 @@ def test_train_worker_killed_mid_epoch_restores_and_finishes(ray_cluster, s3, fa
 
 
 def test_data_node_replaced_mid_epoch(ray_cluster, s3, faults_data, tmp_path):
-    run = TrainRun(ray_cluster, fault_config(tmp_path, s3.endpoint, "node-loss"), s3, "node-loss").start()
+    run = TrainRun(
+        ray_cluster, fault_config(tmp_path, s3.endpoint, "node-loss"), s3, "node-loss"
+    ).start()
     run.wait_for_epoch(1)
     time.sleep(1)  # into epoch 2's reads
     old = ray_cluster.node_ids["data"]
@@ -71,8 +79,12 @@ def test_s3_outage_of_a_few_seconds_is_ridden_out(ray_cluster, s3, proxy, faults
     finished_run(r, faults_data, s3, "s3-blip")
 
 
-def test_s3_gone_for_good_fails_with_one_line_and_keeps_checkpoints(ray_cluster, s3, proxy, faults_data, tmp_path):
-    cfg = fault_config(tmp_path, proxy.url, "s3-gone", s3__retry_max_attempts=6, train__max_failures=1)
+def test_s3_gone_for_good_fails_with_one_line_and_keeps_checkpoints(
+    ray_cluster, s3, proxy, faults_data, tmp_path
+):
+    cfg = fault_config(
+        tmp_path, proxy.url, "s3-gone", s3__retry_max_attempts=6, train__max_failures=1
+    )
     run = TrainRun(ray_cluster, cfg, s3, "s3-gone").start()
     run.wait_for_epoch(1)
     proxy.down()
@@ -89,7 +101,9 @@ def test_s3_gone_for_good_fails_with_one_line_and_keeps_checkpoints(ray_cluster,
     assert load_state(s3, "s3-gone", latest)["epoch"] == latest
 
 
-def test_driver_killed_while_a_checkpoint_uploads_then_rerun_resumes(ray_cluster, s3, proxy, faults_data, tmp_path):
+def test_driver_killed_while_a_checkpoint_uploads_then_rerun_resumes(
+    ray_cluster, s3, proxy, faults_data, tmp_path
+):
     cfg = fault_config(tmp_path, proxy.url, "driver-kill")
     proxy.hold(b"driver-kill/epoch-0002/state.pt")
     run = TrainRun(ray_cluster, cfg, s3, "driver-kill").start()
@@ -98,7 +112,9 @@ def test_driver_killed_while_a_checkpoint_uploads_then_rerun_resumes(ray_cluster
     # The half-uploaded checkpoint never became "latest": epoch 1 is, and it loads.
     assert run.latest_epoch() == 1
     assert load_state(s3, "driver-kill", 1)["epoch"] == 1
-    assert "checkpoints/driver-kill/epoch-0002/state.pt" not in s3.keys("ray-pipeline-faults", "checkpoints/driver-kill/")
+    assert "checkpoints/driver-kill/epoch-0002/state.pt" not in s3.keys(
+        "ray-pipeline-faults", "checkpoints/driver-kill/"
+    )
     proxy.release()
     # the same command again, as a RayJob retry would run it
     r = run_cli(*run.args[3:], timeout=600)

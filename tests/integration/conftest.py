@@ -28,7 +28,9 @@ def cluster_config(s3, **sections) -> dict:
 @pytest.fixture(scope="session")
 def dataset(s3):
     s3.make_bucket(BUCKET)
-    r = run_cli("prepare", "digits", "--out", f"s3://{BUCKET}/digits", "--set", f"s3.endpoint={s3.endpoint}")
+    r = run_cli(
+        "prepare", "digits", "--out", f"s3://{BUCKET}/digits", "--set", f"s3.endpoint={s3.endpoint}"
+    )
     assert r.returncode == 0, r.output
     return r.summary()
 

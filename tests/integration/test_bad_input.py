@@ -96,7 +96,9 @@ def test_missing_bucket(ray_cluster, first_run, checkpoints_untouched):
 
 def test_missing_prefix(ray_cluster, first_run, checkpoints_untouched):
     r = train(ray_cluster, first_run, f"data.validation_uri=s3://{BUCKET}/nothing-here/validation")
-    assert_one_line_error(r, "data.validation_uri", f"s3://{BUCKET}/nothing-here/validation", "does not exist")
+    assert_one_line_error(
+        r, "data.validation_uri", f"s3://{BUCKET}/nothing-here/validation", "does not exist"
+    )
 
 
 @pytest.fixture
@@ -104,15 +106,24 @@ def dataset_with_corrupt_file(s3, dataset):
     """A copy of the train split plus one file that is not Parquet."""
     client = s3.client()
     for key in s3.keys(BUCKET, "digits/train/"):
-        client.copy_object(Bucket=BUCKET, Key=key.replace("digits/", "corrupt/", 1),
-                           CopySource={"Bucket": BUCKET, "Key": key})
-    client.put_object(Bucket=BUCKET, Key="corrupt/train/part-00099.parquet", Body=b"PAR1 not really")
+        client.copy_object(
+            Bucket=BUCKET,
+            Key=key.replace("digits/", "corrupt/", 1),
+            CopySource={"Bucket": BUCKET, "Key": key},
+        )
+    client.put_object(
+        Bucket=BUCKET, Key="corrupt/train/part-00099.parquet", Body=b"PAR1 not really"
+    )
     return f"s3://{BUCKET}/corrupt/train"
 
 
-def test_corrupt_parquet_file_is_named(ray_cluster, first_run, dataset_with_corrupt_file, checkpoints_untouched):
+def test_corrupt_parquet_file_is_named(
+    ray_cluster, first_run, dataset_with_corrupt_file, checkpoints_untouched
+):
     r = train(ray_cluster, first_run, f"data.train_uri={dataset_with_corrupt_file}")
-    assert_one_line_error(r, f"{dataset_with_corrupt_file}/part-00099.parquet", "not a readable Parquet file")
+    assert_one_line_error(
+        r, f"{dataset_with_corrupt_file}/part-00099.parquet", "not a readable Parquet file"
+    )
 
 
 @pytest.mark.parametrize("field", ["image_column", "label_column"])
@@ -123,7 +134,9 @@ def test_missing_column_is_named(ray_cluster, first_run, field, checkpoints_unto
 
 def test_labels_outside_the_model_classes(ray_cluster, first_run, checkpoints_untouched):
     r = train(ray_cluster, first_run, "data.num_classes=5")
-    assert_one_line_error(r, "outside the classes 0..4", "data.num_classes", f"s3://{BUCKET}/digits/", "rows ")
+    assert_one_line_error(
+        r, "outside the classes 0..4", "data.num_classes", f"s3://{BUCKET}/digits/", "rows "
+    )
 
 
 @pytest.mark.parametrize(
@@ -137,6 +150,8 @@ def test_labels_outside_the_model_classes(ray_cluster, first_run, checkpoints_un
         ("data.colour=blue", ["data.colour", "unknown field"]),
     ],
 )
-def test_invalid_config_values_name_the_field(ray_cluster, first_run, override, fragments, checkpoints_untouched):
+def test_invalid_config_values_name_the_field(
+    ray_cluster, first_run, override, fragments, checkpoints_untouched
+):
     r = train(ray_cluster, first_run, override, timeout=60)
     assert_one_line_error(r, "invalid config", *fragments)

@@ -47,20 +47,30 @@ def test_checkpoints_and_summary_are_in_the_bucket(s3, first_run):
     assert f"checkpoints/{RUN}/epoch-0003/state.pt" in keys
     assert f"checkpoints/{RUN}/epoch-0002/state.pt" in keys
     assert f"checkpoints/{RUN}/epoch-0001/state.pt" not in keys
-    body = s3.client().get_object(Bucket=BUCKET, Key=f"checkpoints/{RUN}/epoch-0003/state.pt")["Body"].read()
+    body = (
+        s3.client()
+        .get_object(Bucket=BUCKET, Key=f"checkpoints/{RUN}/epoch-0003/state.pt")["Body"]
+        .read()
+    )
     state = torch.load(io.BytesIO(body), weights_only=True)
     assert state["epoch"] == 3 and "model" in state
 
 
-def test_reads_and_preprocessing_ran_on_the_data_node_and_training_on_the_train_node(ray_cluster, first_run):
+def test_reads_and_preprocessing_ran_on_the_data_node_and_training_on_the_train_node(
+    ray_cluster, first_run
+):
     import ray
     from ray.util.state import list_actors, list_tasks
 
     job_id = first_run[1].summary()["ray_job_id"]
     ray.init(address=ray_cluster.address)
     try:
-        tasks = list_tasks(filters=[("job_id", "=", job_id)], limit=10_000, raise_on_missing_output=False)
-        actors = list_actors(filters=[("job_id", "=", job_id)], limit=10_000, raise_on_missing_output=False)
+        tasks = list_tasks(
+            filters=[("job_id", "=", job_id)], limit=10_000, raise_on_missing_output=False
+        )
+        actors = list_actors(
+            filters=[("job_id", "=", job_id)], limit=10_000, raise_on_missing_output=False
+        )
     finally:
         ray.shutdown()
     data_tasks = [t for t in tasks if "ReadParquet" in t.name or "preprocess_batch" in t.name]
@@ -73,7 +83,9 @@ def test_reads_and_preprocessing_ran_on_the_data_node_and_training_on_the_train_
 
 def test_rerun_with_the_same_name_resumes(ray_cluster, s3, first_run):
     cfg, _ = first_run
-    r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg), "--set", "train.epochs=4")
+    r = run_cli(
+        "train", "--address", ray_cluster.address, "--config", str(cfg), "--set", "train.epochs=4"
+    )
     assert r.returncode == 0, r.output[-5000:]
     summary = r.summary()
     assert "resuming from epoch 3" in r.output

@@ -11,7 +11,11 @@ from pipeline.errors import ConfigError
 def test_defaults_are_the_embedded_digits_run_with_chart_group_selectors():
     cfg = load_config()
     assert cfg.data.image_shape == (8, 8, 1) and cfg.data.num_classes == 10
-    assert cfg.data.placement.selector == {NODE_GROUP_LABEL: DATA_GROUP} == {"ray.io/node-group": "data"}
+    assert (
+        cfg.data.placement.selector
+        == {NODE_GROUP_LABEL: DATA_GROUP}
+        == {"ray.io/node-group": "data"}
+    )
     assert cfg.train.placement.selector == {"ray.io/node-group": TRAIN_GROUP}
     assert not cfg.train.use_gpu
 
@@ -23,8 +27,15 @@ def test_yaml_file_and_overrides(tmp_path):
         "train:\n  epochs: 2\n  resources_per_worker: {CPU: 4, GPU: 1}\n"
         "s3:\n  endpoint: http://minio:9000\n"
     )
-    cfg = load_config(f, ["train.epochs=7", "data.image_shape=[28,28,1]", "train.use_gpu=true",
-                          "data.placement.selector={pool: cpu}"])
+    cfg = load_config(
+        f,
+        [
+            "train.epochs=7",
+            "data.image_shape=[28,28,1]",
+            "train.use_gpu=true",
+            "data.placement.selector={pool: cpu}",
+        ],
+    )
     assert cfg.data.train_uri == "s3://b/train" and cfg.data.batch_size == 32
     assert cfg.train.epochs == 7 and cfg.train.use_gpu is True
     assert cfg.train.resources_per_worker == {"CPU": 4.0, "GPU": 1.0}
@@ -58,7 +69,9 @@ def test_invalid_values_name_the_field(overrides, fragment):
     assert fragment in str(e.value)
 
 
-@pytest.mark.parametrize("key", ["access_key_id", "secret_access_key", "aws_secret_access_key", "session_token"])
+@pytest.mark.parametrize(
+    "key", ["access_key_id", "secret_access_key", "aws_secret_access_key", "session_token"]
+)
 def test_credentials_in_the_config_are_refused(tmp_path, key):
     f = tmp_path / "c.yaml"
     f.write_text(f"s3:\n  endpoint: http://minio:9000\n  {key}: hunter2\n")

@@ -39,7 +39,9 @@ def test_digits_split_rows_schema_and_layout(tmp_path):
     assert m["splits"]["train"]["rows"] == n_train
     assert len(train_files) == MIN_FILES  # small data: still one file per reader
     schema = train[0].schema_arrow
-    assert str(schema.field("image").type) == "binary" and str(schema.field("label").type) == "int64"
+    assert (
+        str(schema.field("image").type) == "binary" and str(schema.field("label").type) == "int64"
+    )
     meta = json.loads(schema.metadata[b"ray_pipeline"])
     assert meta["image_shape"] == [8, 8, 1] and meta["encoding"] == "png"
     # images are stored encoded: real decode work for the data group
@@ -164,7 +166,7 @@ def test_prepare_to_s3(s3):
     bucket = s3.make_bucket("prep-unit")
     m = prepare(digits_source(), f"s3://{bucket}/digits", S3Section(endpoint=s3.endpoint))
     keys = s3.keys(bucket, "digits/")
-    assert f"digits/_manifest.json" in keys
+    assert "digits/_manifest.json" in keys
     assert sum(k.startswith("digits/train/part-") for k in keys) == m["splits"]["train"]["files"]
 
 

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from pipeline.config import Augmentation, load_config
-from pipeline.transforms import augment, check_labels, decode_images, encode_image, normalise, preprocess
+from pipeline.transforms import (
+    augment,
+    check_labels,
+    decode_images,
+    encode_image,
+    normalise,
+    preprocess,
+)
 
 
 @pytest.fixture
@@ -26,7 +33,9 @@ def test_decode_roundtrips_lossless_encodings(images, encoding):
 
 def test_decode_jpeg_is_close_and_rgb_works():
     ramp = np.linspace(0, 255, 16, dtype=np.float32)
-    one = np.stack([ramp[None, :].repeat(16, 0), ramp[:, None].repeat(16, 1), np.full((16, 16), 128.0)], -1)
+    one = np.stack(
+        [ramp[None, :].repeat(16, 0), ramp[:, None].repeat(16, 1), np.full((16, 16), 128.0)], -1
+    )
     smooth = np.stack([one, 255 - one]).astype(np.uint8)
     decoded, bad = decode_images([encode_image(im, "jpeg") for im in smooth], "jpeg", (16, 16, 3))
     assert bad == [] and decoded.shape == (2, 16, 16, 3)
@@ -40,7 +49,10 @@ def test_decode_reports_bad_records_without_failing_the_batch(images):
     encoded.append(None)
     decoded, bad = decode_images(encoded, "png", (8, 8, 1))
     assert [(b.index, b.kind) for b in bad] == [
-        (1, "undecodable_image"), (3, "wrong_image_size"), (4, "undecodable_image")]
+        (1, "undecodable_image"),
+        (3, "wrong_image_size"),
+        (4, "undecodable_image"),
+    ]
     assert "8x9, expected 8x8" in bad[1].reason
     np.testing.assert_array_equal(decoded[0], images[0])
 
@@ -70,7 +82,7 @@ def test_shift_moves_pixels_by_at_most_max_shift():
     out = augment(img, np.random.default_rng(0), Augmentation(max_shift_px=1, brightness=0))
     ys, xs = np.nonzero(out[..., 0] == 255)[1:]
     assert set(ys) <= {1, 2, 3} and set(xs) <= {1, 2, 3}
-    assert len(set(zip(ys, xs))) == 9  # every shift happens
+    assert len(set(zip(ys, xs, strict=True))) == 9  # every shift happens
 
 
 def test_preprocess_augments_only_in_training(images):
