@@ -138,9 +138,8 @@ def check_placement(cfg: PipelineConfig) -> None:
                     )
 
 
-def _warm_up_worker(hold_s: float = 0.0) -> int:
-    """Import what a read-and-preprocess task imports, so the first epoch's tasks start warm.
-    ``hold_s`` keeps zero-CPU warm-ups busy long enough to each get a process of its own."""
+def _warm_up_worker() -> int:
+    """Import what a read-and-preprocess task imports, so the first epoch's tasks start warm."""
     import importlib
 
     import pipeline.data  # noqa: F401  (pyarrow, PIL, numpy, the config schema)
@@ -154,7 +153,6 @@ def _warm_up_worker(hold_s: float = 0.0) -> int:
             importlib.import_module(module)
         except ImportError:  # a private module moved: that part is simply not warmed
             pass
-    time.sleep(hold_s)
     return os.getpid()
 
 
@@ -190,13 +188,6 @@ def warm_up_data_workers(selector: dict[str, str]) -> list:
     if selector:
         options["label_selector"] = selector
     task = ray.remote(_warm_up_worker).options(**options)
-    refs = [task.remote() for _ in range(min(cpus, 256))]
-    # Two idle workers beside the driver, where Train starts Ray Data's split coordinator
-    # and dataset manager: an actor takes an idle worker of its runtime env when there is one.
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    idle = ray.remote(_warm_up_worker).options(
-        num_cpus=0, runtime_env=runtime_env, scheduling_strategy=here
-    )
-    return refs + [idle.remote(hold_s=1.0) for _ in range(2)]
+    # Only tasks: Ray never hands a worker that ran a task to an actor, so Train's own actors
+    # (controller, split coordinator, ...) start their processes whatever is warmed here.
+    return [task.remote() for _ in range(min(cpus, 256))]
