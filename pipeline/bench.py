@@ -18,6 +18,7 @@ each training step spent waiting for data.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import re
@@ -241,18 +242,19 @@ def subset(ds: Dataset, rows: int) -> Dataset:
 _LIMIT_BATCHES: list = []  # set before forking the limit's workers (copy-on-write)
 
 
-def _limit_worker(args) -> int:
+def _limit_worker(args) -> tuple[int, float]:
+    """Preprocess some of the in-memory batches; returns rows and the CPU seconds it took."""
     from pipeline.data import preprocess_batch
 
     indices, data = args
     fs = pafs.LocalFileSystem()
-    n = 0
+    n, cpu0 = 0, time.process_time()
     for i in indices:
         out = preprocess_batch(
             _LIMIT_BATCHES[i], data=data, split="train", fs=fs, uri_prefix="", ledger=None
         )
         n += len(out["label"])
-    return n
+    return n, time.process_time() - cpu0
 
 
 def measure_limit(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
@@ -276,10 +278,11 @@ def measure_limit(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
     with ctx.Pool(cpus) as pool:
         pool.map(_limit_worker, [([0], d)] * cpus)  # warm up: imports, first-call costs
         start = time.perf_counter()
-        rows = sum(pool.map(_limit_worker, shards))
+        done = pool.map(_limit_worker, shards)
         seconds = time.perf_counter() - start
     _LIMIT_BATCHES = []
-    return {"rows": rows, "seconds": seconds}
+    rows, cpu_s = sum(n for n, _ in done), sum(c for _, c in done)
+    return {"rows": rows, "seconds": seconds, "data_cores": cpu_s / seconds}
 
 
 def measure_raw_read(ds: Dataset, cfg: PipelineConfig) -> dict:
@@ -388,6 +391,7 @@ def bench_loop(config: dict) -> None:
     stream_start = time.time()
     for _ in range(config["epochs"]):
         rows, wait, first = 0, 0.0, None
+        started_at = time.time()
         batches = iter(_batches(shard, cfg, device, training=True))
         start = time.perf_counter()
         while True:
@@ -405,7 +409,15 @@ def bench_loop(config: dict) -> None:
                 loss.backward()
                 optimizer.step()
         seconds = time.perf_counter() - start
-        epochs.append({"rows": rows, "seconds": seconds, "ttfb_s": first, "wait_s": wait})
+        epochs.append(
+            {
+                "rows": rows,
+                "seconds": seconds,
+                "ttfb_s": first,
+                "wait_s": wait,
+                "started_at": started_at,
+            }
+        )
     collector = ray.get_actor(config["collector"])
     ray.get(
         collector.put.remote(
@@ -506,6 +518,7 @@ def start_moto() -> tuple[str, object]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request
     server.start()
     for k, v in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
         os.environ.setdefault(k, v)
@@ -583,6 +596,12 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                 r["peak_memory_bytes"] = mem.peak
                 # the ray path: while batches stream (not Train's start-up and tear-down)
                 r["cpu_cores_by_role"] = mem.cpu_by_role(r.pop("stream_window", None))
+                role = {"dataloader": "forked workers", "ray": "data tasks"}.get(path)
+                if role:  # the limit's workers time themselves (the sampler misses short runs)
+                    r["data_cores"] = r["cpu_cores_by_role"].get(role, 0.0)
+                if r.get("data_cores"):
+                    # what bounds a path: cores its preprocessing got x rows per such core
+                    r["rows_per_data_core_s"] = r["rows_per_s"] / r["data_cores"]
                 per[path] = r
             results["storages"][name] = per
         if opts.memory_check and "ray" in opts.paths:
@@ -657,6 +676,11 @@ def format_table(results: dict) -> str:
                 continue
             r = per[path]
             notes = []
+            if r.get("rows_per_data_core_s"):
+                notes.append(
+                    f"{r['data_cores']:.2f} data cores x "
+                    f"{r['rows_per_data_core_s']:.0f} rows/s each"
+                )
             if r.get("ttfb_s") is not None:
                 notes.append(f"first batch {r['ttfb_s']:.2f}s")
             if path == "ray":
