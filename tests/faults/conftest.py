@@ -34,13 +34,13 @@ class Expected:
 
 @pytest.fixture(scope="session")
 def faults_data(s3) -> Expected:
-    """6,000 MNIST-shaped rows: epochs long enough (several seconds) to fault in the middle."""
+    """4,000 MNIST-shaped rows: epochs long enough (several seconds) to fault in the middle."""
     s3.make_bucket(BUCKET)
     r = run_cli(
         "prepare",
         "synthetic",
         "--rows",
-        "6000",
+        "4000",
         "--out",
         DATA,
         "--set",
@@ -69,7 +69,7 @@ def fault_config(tmp_path: Path, endpoint: str, run: str, **overrides) -> Path:
             "validation_uri": f"{DATA}/validation",
             "image_shape": [28, 28, 1],
         },
-        "train": {"epochs": 3, "resources_per_worker": {"CPU": 1}},
+        "train": {"epochs": 2, "resources_per_worker": {"CPU": 1}},
         "storage": {"run_name": run, "checkpoint_uri": f"s3://{BUCKET}/checkpoints"},
         "s3": {"endpoint": endpoint},
     }
@@ -160,7 +160,7 @@ def assert_every_epoch_exactly_once(summary: dict, expected: Expected, epochs: i
         assert h["train_digest"] == expected.digest, h
 
 
-def finished_run(r: CliResult, expected: Expected, s3, run: str, epochs: int = 3) -> dict:
+def finished_run(r: CliResult, expected: Expected, s3, run: str, epochs: int = 2) -> dict:
     assert r.returncode == 0, r.output[-6000:]
     summary = r.summary()
     assert summary["epochs"] == epochs

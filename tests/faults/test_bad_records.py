@@ -94,7 +94,6 @@ def test_skip_drops_and_counts_bad_records(ray_cluster, s3, faults_data, tmp_pat
         tmp_path,
         s3.endpoint,
         "bad-skip",
-        train__epochs=2,
         data__bad_records="skip",
         data__train_uri=f"s3://{BUCKET}/skip-bad/train",
     )
