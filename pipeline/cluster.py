@@ -27,18 +27,21 @@ def resolve_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or EMBEDDED
 
 
-def connect(address: str | None) -> str:
-    """Start or join Ray; returns the address used."""
+def connect(address: str | None, **embedded_options) -> str:
+    """Start or join Ray; returns the address used. ``embedded_options`` (``num_cpus``,
+    ``resources``, ...) go to ``ray.init`` when it starts the embedded Ray."""
     import ray
 
     address = resolve_address(address)
     if ray.is_initialized():
         return address
+    options = {}
     if address == EMBEDDED:
         for key, value in RAY_NODE_ENV.items():  # read by the raylet that ray.init starts
             os.environ.setdefault(key, value)
+        options = embedded_options
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, **options)
     except ConnectionError as e:
         raise ClusterError(
             f"cannot connect to Ray at {address} (--address / RAY_ADDRESS): {e}"
@@ -130,9 +133,10 @@ def check_placement(cfg: PipelineConfig) -> None:
         if field == "train.placement" and placement.wait_s <= 0:
             for res, amount in worker.items():
                 total = sum(n.get("Resources", {}).get(res, 0) for n in nodes)
-                if total < amount:
+                if total < amount * tr.num_workers:
                     raise ClusterError(
-                        f"train workers need {res}={amount} each (train.resources_per_worker"
+                        f"{tr.num_workers} train workers (train.num_workers) need {res}={amount}"
+                        f" each (train.resources_per_worker"
                         f"{', train.use_gpu' if res == 'GPU' else ''}) but nodes matching "
                         f"{placement.selector} have {res}={total:g} in all"
                     )

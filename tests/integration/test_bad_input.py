@@ -155,3 +155,19 @@ def test_invalid_config_values_name_the_field(
 ):
     r = train(ray_cluster, first_run, override, timeout=60)
     assert_one_line_error(r, "invalid config", *fragments)
+
+
+def test_no_node_in_the_selected_group(ray_cluster, first_run, checkpoints_untouched):
+    r = train(ray_cluster, first_run, "train.placement.selector={ray.io/node-group: gpu}")
+    assert_one_line_error(
+        r,
+        "no alive Ray node matches train.placement.selector",
+        "'ray.io/node-group': 'gpu'",
+        "ray.io/node-group=train",  # what the cluster does have
+    )
+
+
+def test_more_workers_than_the_train_group_holds(ray_cluster, first_run, checkpoints_untouched):
+    # the train node has 1 CPU: two workers of 1 CPU would wait forever
+    r = train(ray_cluster, first_run, "train.num_workers=2")
+    assert_one_line_error(r, "2 train workers (train.num_workers) need CPU=1", "have CPU=1 in all")
