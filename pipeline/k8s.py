@@ -365,7 +365,7 @@ class KubeApi:
         except (config.ConfigException, OSError, TypeError, ValueError) as e:
             if context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
                 raise KubernetesError(
-                    f"no Kubernetes access: no usable kubeconfig at {path} ({_first_line(e)}); "
+                    f"no Kubernetes access: no usable kubeconfig at {path} ({_api_error_line(e)}); "
                     "set KUBECONFIG or pass --context"
                 ) from None
             config.load_incluster_config(client_configuration=cfg)
@@ -399,7 +399,7 @@ class KubeApi:
         except (urllib3.exceptions.HTTPError, OSError) as e:
             reason = getattr(e, "reason", None) or e
             raise _Unreachable(
-                f"cannot reach the Kubernetes API at {self.host}: {_first_line(reason)}"
+                f"cannot reach the Kubernetes API at {self.host}: {_api_error_line(reason)}"
             ) from None
 
     def _get(self, call: Callable[[], Any], what: str, missing: str) -> Any:
@@ -483,7 +483,7 @@ class KubeApi:
         )
 
 
-def _first_line(e: object) -> str:
+def _api_error_line(e: object) -> str:
     """The part of an error the user needs: `[Errno 111] Connection refused`, not urllib3's
     description of its connection object."""
     lines = str(e).strip().splitlines()

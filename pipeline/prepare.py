@@ -23,11 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Section
 from pipeline.errors import DataError, StorageError
-from pipeline.storage import Location, check_bucket, list_files, resolve, write_json
+from pipeline.storage import (
+    Location,
+    check_bucket,
+    first_line,
+    list_files,
+    resolve,
+    write_json,
+)
 from pipeline.transforms import encode_image
 
 TARGET_FILE_BYTES = 64 << 20
@@ -253,9 +261,7 @@ def write_split(
                 write_statistics=["label"],
             )
         except OSError as e:
-            raise StorageError(
-                f"cannot write {out.uri_of(path)}: {str(e).splitlines()[0]}"
-            ) from None
+            raise StorageError(f"cannot write {out.uri_of(path)}: {first_line(e)}") from None
         files.append(out.uri_of(path))
     return {
         "rows": len(imgs),
@@ -310,10 +316,15 @@ def prepare(
 
 
 def _existing(out: Location, split: str) -> list[str]:
+    """The split's Parquet files already there; any error but "not there" is the user's to see
+    (a listing that fails must not pass for an empty folder and let files be replaced)."""
+    loc = Location(out.uri, out.fs, out.join(split), "output")
     try:
-        return list_files(Location(out.uri, out.fs, out.join(split), "output"))
-    except StorageError:
-        return []
+        if out.fs.get_file_info(loc.path).type == pafs.FileType.NotFound:
+            return []
+    except OSError as e:
+        raise StorageError(f"output: cannot list {out.uri_of(loc.path)}: {first_line(e)}") from None
+    return list_files(loc)
 
 
 def train_overrides(manifest: dict) -> list[str]:

@@ -155,7 +155,7 @@ def check_bucket(loc: Location, s3: S3Section, *, create: bool = False) -> None:
         code = str(e.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket", "NotFound"):
             if create:
-                client.create_bucket(Bucket=loc.bucket)
+                _create_bucket(client, loc, ep)
                 return
             raise StorageError(
                 f"bucket '{loc.bucket}' does not exist at {ep.describe()} ({loc.field}={loc.uri})"
@@ -172,6 +172,21 @@ def check_bucket(loc: Location, s3: S3Section, *, create: bool = False) -> None:
         ) from None
 
 
+def _create_bucket(client, loc: Location, ep) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    kwargs = {}
+    if ep.region and ep.region != "us-east-1":  # AWS refuses the constraint in us-east-1 only
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": ep.region}
+    try:
+        client.create_bucket(Bucket=loc.bucket, **kwargs)
+    except (BotoCoreError, ClientError) as e:
+        raise StorageError(
+            f"cannot create bucket '{loc.bucket}' at {ep.describe()} ({loc.field}={loc.uri}): "
+            f"{first_line(e)}"
+        ) from None
+
+
 def list_files(loc: Location, suffix: str = ".parquet") -> list[str]:
     """Every file under ``loc`` ending in ``suffix``, sorted; errors name the config field."""
     try:
@@ -182,7 +197,7 @@ def list_files(loc: Location, suffix: str = ".parquet") -> list[str]:
             raise StorageError(f"{loc.field}: {loc.uri} does not exist")
         infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
     except OSError as e:
-        raise StorageError(f"{loc.field}: cannot list {loc.uri}: {_first_line(e)}") from None
+        raise StorageError(f"{loc.field}: cannot list {loc.uri}: {first_line(e)}") from None
     return sorted(
         i.path
         for i in infos
@@ -201,24 +216,12 @@ def write_json(loc: Location, relpath: str, obj: Any) -> str:
         with loc.fs.open_output_stream(path) as f:
             f.write(data)
     except OSError as e:
-        raise StorageError(f"cannot write {loc.uri_of(path)}: {_first_line(e)}") from None
+        raise StorageError(f"cannot write {loc.uri_of(path)}: {first_line(e)}") from None
     return loc.uri_of(path)
 
 
-def read_json(loc: Location, relpath: str) -> Any | None:
-    path = loc.join(relpath)
-    try:
-        with loc.fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if "not exist" in str(e) or "NoSuchKey" in str(e):
-            return None
-        raise StorageError(f"cannot read {loc.uri_of(path)}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an error's message (pyarrow's run on), or its type when empty."""
     return str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
 
 

@@ -173,3 +173,11 @@ def test_prepare_to_s3(s3):
 def test_prepare_to_missing_bucket_names_it(s3):
     with pytest.raises(StorageError, match="bucket 'nope-missing' does not exist"):
         prepare(digits_source(), "s3://nope-missing/digits", S3Section(endpoint=s3.endpoint))
+
+
+def test_prepare_creates_the_bucket_in_the_configured_region(s3):
+    s3cfg = S3Section(endpoint=s3.endpoint, region="eu-west-1")
+    prepare(digits_source(), "s3://prep-created/digits", s3cfg, create_bucket=True)
+    loc = s3.client().get_bucket_location(Bucket="prep-created")["LocationConstraint"]
+    assert loc == "eu-west-1"
+    assert "digits/_manifest.json" in s3.keys("prep-created", "digits/")
