@@ -96,7 +96,7 @@ class DataSection(_Section):
     prefetch_batches: int = Field(4, ge=0)
     map_batch_size: int = Field(512, ge=1, description="rows per preprocessing call")
     read_tasks: int = Field(
-        0, ge=0, description="read tasks per epoch; 0 = one per file, at least 2 per data CPU"
+        0, ge=0, description="read tasks per epoch; 0 = one per file (Ray splits big files)"
     )
     bad_records: Literal["fail", "skip"] = "fail"
     validate_files: bool = Field(True, description="check every file's footer before training")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import DataSection, PipelineConfig
 from pipeline.errors import DataError
-from pipeline.storage import Location, check_bucket, list_files, resolve
+from pipeline.storage import Location, check_bucket, first_line, list_files, resolve
 from pipeline.transforms import check_labels, decode_images, preprocess, row_digests
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class FileCheck:
     """What the pre-flight footer check found in one split."""
 
     files: list[str]
-    rows: int = 0
+    rows: int | None = 0  # None: not counted (data.validate_files=false)
     skipped_files: dict[str, str] = field(default_factory=dict)  # path -> reason
 
 
@@ -49,7 +49,7 @@ def _check_footer(loc: Location, path: str, data: DataSection) -> tuple[int, str
         with loc.fs.open_input_file(path) as f:
             md = pq.ParquetFile(f).metadata
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a corrupt footer
-        return 0, f"file {uri} is not a readable Parquet file: {str(e).splitlines()[0]}"
+        return 0, f"file {uri} is not a readable Parquet file: {first_line(e)}"
     schema = md.schema.to_arrow_schema()
     names = schema.names
     for col, fld in (
@@ -97,9 +97,9 @@ def check_split(loc: Location, data: DataSection, *, threads: int = 16) -> FileC
     files = list_files(loc)
     if not files:
         raise DataError(f"no Parquet files under {loc.uri} ({loc.field})")
-    result = FileCheck(files=files)
     if not data.validate_files:
-        return result
+        return FileCheck(files=files, rows=None)
+    result = FileCheck(files=files)
     with ThreadPoolExecutor(max_workers=min(threads, len(files))) as pool:
         checks = list(pool.map(lambda p: _check_footer(loc, p, data), files))
     good = []
@@ -358,7 +358,8 @@ def build_dataset(
         columns=[data.image_column, data.label_column],
         shuffle=shuffle,
         include_paths=True,
-        override_num_blocks=len(files),
+        # one task per file, not Ray's 128 MiB bin-packing (a small dataset: one task)
+        override_num_blocks=data.read_tasks or len(files),
         **placement,
     )
     return ds.map_batches(
