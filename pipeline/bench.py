@@ -32,10 +32,9 @@ import pyarrow.parquet as pq
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
-from pipeline.storage import Location, list_files, resolve
+from pipeline.storage import Location, list_files, resolve, resolve_endpoint
 
 PATHS = ("limit", "raw_read", "dataloader", "ray")
-DECODED_BYTES_PER_PIXEL = 4  # float32 after normalisation
 
 
 @dataclass
@@ -541,7 +540,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
     if "local" in opts.storages:
         datasets["local"] = open_dataset("local", str(local_root / "train"), cfg)
     if "s3" in opts.storages:
-        if not (cfg.s3.endpoint or os.environ.get("AWS_ENDPOINT_URL")) and opts.s3_uri is None:
+        if resolve_endpoint(cfg.s3).override is None and opts.s3_uri is None:
             endpoint, moto = start_moto()
             cfg.s3.endpoint = endpoint
             cfg.s3.scheme = "http"
@@ -554,23 +553,20 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
     embedded = None
     try:
         if "ray" in opts.paths:
-            import ray
-
-            embedded = (address or os.environ.get("RAY_ADDRESS") or EMBEDDED) == EMBEDDED
-            if embedded:
-                # data gets every core; the Train worker only iterates (and steps a model)
-                # a custom resource places the Train worker without taking a data core
-                ray.init(
-                    address=EMBEDDED,
+            # embedded: data gets every core; the Train worker only iterates (and steps a
+            # model), placed by a custom resource so that it takes no data core
+            embedded = (
+                connect(
+                    address,
                     num_cpus=cpus,
                     resources={"bench_trainer": 1},
                     object_store_memory=opts.object_store_mb << 20,
-                    logging_level="WARNING",
                 )
+                == EMBEDDED
+            )
+            if embedded:
                 cfg = without_selectors(cfg)
                 cfg.train.resources_per_worker = {"CPU": 0, "bench_trainer": 1}
-            else:
-                connect(address)
         for name, ds in datasets.items():
             per: dict = {
                 "files": len(ds.files),
@@ -599,7 +595,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                 role = {"dataloader": "forked workers", "ray": "data tasks"}.get(path)
                 if role:  # the limit's workers time themselves (the sampler misses short runs)
                     r["data_cores"] = r["cpu_cores_by_role"].get(role, 0.0)
-                if r.get("data_cores"):
+                if r.get("data_cores", 0) >= 0.1:  # below, a second's sampling is mostly noise
                     # what bounds a path: cores its preprocessing got x rows per such core
                     r["rows_per_data_core_s"] = r["rows_per_s"] / r["data_cores"]
                 per[path] = r
@@ -620,8 +616,9 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
 
 def memory_check(ds: Dataset, cfg: PipelineConfig, workdir: Path, opts: BenchOptions) -> dict:
     """The ray path over 1x and 5x the object store's size of (decoded) data."""
-    h, w, c = cfg.data.image_shape
-    decoded_row = h * w * c * DECODED_BYTES_PER_PIXEL + 8
+    from pipeline.data import decoded_row_bytes
+
+    decoded_row = decoded_row_bytes(cfg.data)
     store = opts.object_store_mb << 20
     out = {"object_store_bytes": store, "decoded_bytes_per_row": decoded_row}
     for factor in (1, 5):
