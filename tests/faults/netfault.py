@@ -8,8 +8,28 @@ file) for as long as they like."""
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
+
+
+def _port_outside_the_ephemeral_range() -> int:
+    """A free port the kernel never picks as a connection's source port. While the proxy is
+    down, clients retrying 127.0.0.1:<port> could otherwise be given <port> itself as their
+    source port (a TCP self-connect), and the proxy could not listen there again."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class FaultProxy:
@@ -20,8 +40,10 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._hold: bytes | None = None
         self.held = threading.Event()  # set when a request matching the hold pattern arrived
+        self._watch: bytes | None = None
+        self.seen = threading.Event()  # set when a request matching the watch pattern passed
         self._released = threading.Event()
-        self.port = 0
+        self.port = _port_outside_the_ephemeral_range()
         self.up()
 
     @property
@@ -36,6 +58,8 @@ class FaultProxy:
             listener, self._listener = self._listener, None
             conns, self._conns = self._conns, set()
         if listener is not None:
+            with contextlib.suppress(OSError):  # stop listening now: close() alone leaves the
+                listener.shutdown(socket.SHUT_RDWR)  # socket open under a blocked accept()
             listener.close()
         for c in conns:
             with contextlib.suppress(OSError):
@@ -50,7 +74,6 @@ class FaultProxy:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(128)
-        self.port = listener.getsockname()[1]
         with self._lock:
             self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
@@ -60,6 +83,11 @@ class FaultProxy:
         self._released.clear()
         self.held.clear()
         self._hold = pattern
+
+    def watch(self, pattern: bytes) -> None:
+        """Set ``seen`` when a request whose bytes contain ``pattern`` passes."""
+        self.seen.clear()
+        self._watch = pattern
 
     def release(self) -> None:
         self._hold = None
@@ -98,6 +126,9 @@ class FaultProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                watch = self._watch
+                if from_client and watch and watch in tail + data:
+                    self.seen.set()
                 pattern = self._hold
                 if from_client and pattern and pattern in tail + data:
                     self.held.set()

@@ -72,6 +72,9 @@ def test_s3_outage_of_a_few_seconds_is_ridden_out(ray_cluster, s3, proxy, faults
     cfg = fault_config(tmp_path, proxy.url, "s3-blip")
     run = TrainRun(ray_cluster, cfg, s3, "s3-blip").start()
     run.wait_for_epoch(1)
+    # go down while epoch 2 reads (its train files, or its validation at the end)
+    proxy.watch(b"GET /ray-pipeline-faults/synthetic/")
+    assert proxy.seen.wait(timeout=120), "epoch 2 read nothing from S3"
     proxy.down()
     time.sleep(4)
     proxy.up()
