@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Section
@@ -316,15 +315,9 @@ def prepare(
 
 
 def _existing(out: Location, split: str) -> list[str]:
-    """The split's Parquet files already there; any error but "not there" is the user's to see
-    (a listing that fails must not pass for an empty folder and let files be replaced)."""
-    loc = Location(out.uri, out.fs, out.join(split), "output")
-    try:
-        if out.fs.get_file_info(loc.path).type == pafs.FileType.NotFound:
-            return []
-    except OSError as e:
-        raise StorageError(f"output: cannot list {out.uri_of(loc.path)}: {first_line(e)}") from None
-    return list_files(loc)
+    """The split's Parquet files already there (none where the folder does not exist); a
+    listing that fails is an error, never an empty folder whose files could be replaced."""
+    return list_files(Location(out.uri, out.fs, out.join(split), "output"), missing_ok=True)
 
 
 def train_overrides(manifest: dict) -> list[str]:

@@ -187,13 +187,16 @@ def _create_bucket(client, loc: Location, ep) -> None:
         ) from None
 
 
-def list_files(loc: Location, suffix: str = ".parquet") -> list[str]:
-    """Every file under ``loc`` ending in ``suffix``, sorted; errors name the config field."""
+def list_files(loc: Location, suffix: str = ".parquet", *, missing_ok: bool = False) -> list[str]:
+    """Every file under ``loc`` ending in ``suffix``, sorted; errors name the config field.
+    A ``loc`` that does not exist is an error, or no files with ``missing_ok``."""
     try:
         info = loc.fs.get_file_info(loc.path)
         if info.type == pafs.FileType.File:
             return [loc.path] if loc.path.endswith(suffix) else []
         if info.type == pafs.FileType.NotFound:
+            if missing_ok:
+                return []
             raise StorageError(f"{loc.field}: {loc.uri} does not exist")
         infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
     except OSError as e:
