@@ -238,6 +238,15 @@ def subset(ds: Dataset, rows: int) -> Dataset:
 
 # --- the four paths ---------------------------------------------------------------------------
 
+
+def _numpy_batch(rb, data) -> dict:
+    """A record batch read with columns [image, label] as the numpy batch preprocessing takes."""
+    return {
+        data.image_column: rb.column(0).to_numpy(zero_copy_only=False),
+        data.label_column: rb.column(1).to_numpy(),
+    }
+
+
 _LIMIT_BATCHES: list = []  # set before forking the limit's workers (copy-on-write)
 
 
@@ -265,12 +274,7 @@ def measure_limit(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
         with ds.loc.fs.open_input_file(path) as f:
             table = pq.read_table(f, columns=[d.image_column, d.label_column])
         for rb in table.to_batches(max_chunksize=d.map_batch_size):
-            batches.append(
-                {
-                    d.image_column: rb.column(0).to_numpy(zero_copy_only=False),
-                    d.label_column: rb.column(1).to_numpy(),
-                }
-            )
+            batches.append(_numpy_batch(rb, d))
     _LIMIT_BATCHES = batches
     shards = [(list(range(i, len(batches), cpus)), d) for i in range(cpus)]
     ctx = mp.get_context("fork")
@@ -319,10 +323,7 @@ class _ParquetStream:
                     batch_size=d.map_batch_size, columns=[d.image_column, d.label_column]
                 ):
                     out = preprocess_batch(
-                        {
-                            d.image_column: rb.column(0).to_numpy(zero_copy_only=False),
-                            d.label_column: rb.column(1).to_numpy(),
-                        },
+                        _numpy_batch(rb, d),
                         data=d,
                         split="train",
                         fs=self.fs,
