@@ -64,8 +64,7 @@ def _check_footer(loc: Location, path: str, data: DataSection) -> tuple[int, str
     if not (pa.types.is_binary(itype) or pa.types.is_large_binary(itype)):
         return md.num_rows, (
             f"column '{data.image_column}' (data.image_column) in {uri} is {itype}, "
-            "expected binary "
-            "(encoded image bytes)"
+            "expected binary (encoded image bytes)"
         )
     ltype = schema.field(data.label_column).type
     if not (pa.types.is_integer(ltype) or pa.types.is_floating(ltype)):

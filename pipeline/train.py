@@ -178,7 +178,7 @@ def _evaluate(model, shard, cfg, device, amp_dtype) -> dict[str, float]:
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = PipelineConfig.model_validate(loop_config["config"])
     tr = cfg.train
-    # First: Ray Data starts the data path's coordinator while the model is being built.
+    # Shard handles are cheap: Ray Data starts its split coordinator at the first batch request.
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
     rank = ray.train.get_context().get_world_rank()
