@@ -86,18 +86,23 @@ def make_dataset(s3, faults_data, prefix: str, *, other_schema: bool, bad_labels
     return Expected(rows=len(kept), digest=list(epoch_digest(row_digests(kept))))
 
 
+def train_with_policy(ray_cluster, s3, tmp_path, prefix: str, policy: str):
+    """`train` on the dataset under ``prefix`` with data.bad_records=``policy``."""
+    cfg = fault_config(
+        tmp_path,
+        s3.endpoint,
+        f"bad-{policy}",
+        data__bad_records=policy,
+        data__train_uri=f"s3://{BUCKET}/{prefix}/train",
+    )
+    return run_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
+
+
 def test_skip_drops_and_counts_bad_records(ray_cluster, s3, faults_data, tmp_path):
     expected = make_dataset(
         s3, faults_data, "skip-bad", other_schema=True, bad_labels=BAD_LABEL_ROWS
     )
-    cfg = fault_config(
-        tmp_path,
-        s3.endpoint,
-        "bad-skip",
-        data__bad_records="skip",
-        data__train_uri=f"s3://{BUCKET}/skip-bad/train",
-    )
-    r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
+    r = train_with_policy(ray_cluster, s3, tmp_path, "skip-bad", "skip")
     assert r.returncode == 0, r.output[-5000:]
     summary = r.summary()
     bad = summary["bad_records"]
@@ -116,14 +121,7 @@ def test_skip_drops_and_counts_bad_records(ray_cluster, s3, faults_data, tmp_pat
 
 def test_fail_names_the_file_and_row_and_does_not_retry(ray_cluster, s3, faults_data, tmp_path):
     make_dataset(s3, faults_data, "fail-bad", other_schema=False, bad_labels=RUNTIME_BAD_LABEL_ROWS)
-    cfg = fault_config(
-        tmp_path,
-        s3.endpoint,
-        "bad-fail",
-        data__bad_records="fail",
-        data__train_uri=f"s3://{BUCKET}/fail-bad/train",
-    )
-    r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
+    r = train_with_policy(ray_cluster, s3, tmp_path, "fail-bad", "fail")
     assert r.returncode == 2, r.output[-5000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, r.stderr[-5000:]
