@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import re
@@ -408,6 +409,8 @@ def bench_loop(config: dict) -> None:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+        if device.type == "cuda":  # steps still queued on the GPU belong to this epoch
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         epochs.append(
             {
@@ -464,7 +467,7 @@ def measure_ray(
     first = out["epochs"][0]
     total_rows = sum(e["rows"] for e in out["epochs"])
     total_s = sum(e["seconds"] for e in out["epochs"])
-    return {
+    r = {
         "rows": total_rows,
         "seconds": total_s,
         "ttfb_s": first["ttfb_s"],
@@ -475,6 +478,13 @@ def measure_ray(
         "stream_window": (out["stream_start"], out["loop_end"]),
         "spilled_bytes": spilled_bytes() - before_spill,
     }
+    if model:
+        # the rate the model takes rows at when it never waits: time in its steps only, after
+        # the first epoch when there is one (that one also warms up the model and the data)
+        steady = out["epochs"][1:] or out["epochs"]
+        busy_s = sum(e["seconds"] - e["wait_s"] for e in steady)
+        r["model_rows_per_s"] = sum(e["rows"] for e in steady) / max(busy_s, 1e-9)
+    return r
 
 
 def spilled_bytes() -> int:
@@ -600,6 +610,8 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                     # what bounds a path: cores its preprocessing got x rows per such core
                     r["rows_per_data_core_s"] = r["rows_per_s"] / r["data_cores"]
                 per[path] = r
+            if opts.model and "ray" in per:
+                per["advice"] = advise_data_cpus(per, opts.model)
             results["storages"][name] = per
         if opts.memory_check and "ray" in opts.paths:
             results["memory_check"] = memory_check(
@@ -638,6 +650,31 @@ def memory_check(ds: Dataset, cfg: PipelineConfig, workdir: Path, opts: BenchOpt
     return out
 
 
+# Above the bare need: augmentation costs vary per batch, and Ray's own processes, the split
+# coordinator among them, share the data nodes' cores (benchmarks/RESULTS.md: ~0.2-0.4 of a core).
+ADVICE_HEADROOM = 1.25
+
+
+def advise_data_cpus(per: dict, model: str) -> dict | None:
+    """Data-group CPUs per train worker that keep ``model`` fed: the rows/s its steps take when
+    they never wait, over the rows/s one data core preprocesses, plus headroom. The per-core
+    rate is the ray path's own when it used enough CPU to measure (0.1 core), else the
+    limit's, which is higher than the ray path reaches: then the advice is a floor."""
+    need = per["ray"].get("model_rows_per_s")
+    source = next((p for p in ("ray", "limit") if per.get(p, {}).get("rows_per_data_core_s")), None)
+    if not need or source is None:
+        return None
+    per_core = per[source]["rows_per_data_core_s"]
+    return {
+        "model": model,
+        "model_rows_per_s": need,
+        "rows_per_data_core_s": per_core,
+        "per_core_from": source,
+        "data_cores_needed": need / per_core,
+        "data_cpus_per_train_worker": max(1, math.ceil(ADVICE_HEADROOM * need / per_core)),
+    }
+
+
 def finalize(results: dict, opts: BenchOptions) -> dict:
     """Top-level keys from the primary storage (S3 when measured: the product's path)."""
     primary = "s3" if "s3" in results["storages"] else "local"
@@ -658,6 +695,10 @@ def finalize(results: dict, opts: BenchOptions) -> dict:
             )
         if "limit" in per:
             results["ray_vs_limit"] = per["ray"]["rows_per_s"] / per["limit"]["rows_per_s"]
+        if per.get("advice"):
+            results["advised_data_cpus_per_train_worker"] = per["advice"][
+                "data_cpus_per_train_worker"
+            ]
     results["model"] = opts.model
     return results
 
@@ -709,6 +750,18 @@ def format_table(results: dict) -> str:
                     f"{k} {v:.2f}" for k, v in per[path]["cpu_cores_by_role"].items() if v >= 0.01
                 )
                 lines.append(f"cores used, {name} {path}: {split}")
+    for name, per in results["storages"].items():
+        a = per.get("advice")
+        if a:
+            floor = " at least" if a["per_core_from"] == "limit" else ""
+            lines.append(
+                f"advice, {name}: {a['model']} takes {a['model_rows_per_s']:.0f} rows/s per "
+                f"train worker when it never waits; one data core preprocesses "
+                f"{a['rows_per_data_core_s']:.0f} rows/s ({a['per_core_from']} path), so it "
+                f"needs {a['data_cores_needed']:.2f} data cores: give the data group{floor} "
+                f"{a['data_cpus_per_train_worker']} CPU(s) per train worker "
+                f"({ADVICE_HEADROOM:.2f}x headroom)"
+            )
     mc = results.get("memory_check")
     if mc:
         lines.append(
