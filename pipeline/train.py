@@ -178,7 +178,8 @@ def _evaluate(model, shard, cfg, device, amp_dtype) -> dict[str, float]:
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = PipelineConfig.model_validate(loop_config["config"])
     tr = cfg.train
-    # Shard handles are cheap: Ray Data starts its split coordinator at the first batch request.
+    # First: the shard request starts Ray Data's split coordinator (a new process), which then
+    # starts while the model is built; execution itself begins at the first batch request.
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
     rank = ray.train.get_context().get_world_rank()

@@ -55,6 +55,8 @@ def test_bench_runs_every_path_on_local_and_s3(ray_cluster, s3, tmp_path):
         for path in ("limit", "raw_read", "dataloader", "ray"):
             assert per[path]["rows"] == train_rows, (storage, path)
         assert per["ray"]["fit_startup_s"] > 0 and per["ray"]["teardown_s"] > 0
+        # the shard is requested before the model is built, the first batch after
+        assert per["ray"]["shard_to_first_batch_s"] >= per["ray"]["ttfb_s"] > 0
         # the model's steps: the share spent waiting, and the data CPUs that keep it fed
         ray_path, advice = per["ray"], per["advice"]
         assert 0 <= ray_path["data_wait_fraction"] < 1
