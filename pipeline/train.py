@@ -30,6 +30,7 @@ from ray.train import (
     UserCallback,
 )
 from ray.train.torch import TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.cluster import (
     EMBEDDED,
@@ -178,8 +179,9 @@ def _evaluate(model, shard, cfg, device, amp_dtype) -> dict[str, float]:
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = PipelineConfig.model_validate(loop_config["config"])
     tr = cfg.train
-    # First: the shard request starts Ray Data's split coordinator (a new process), which then
-    # starts while the model is built; execution itself begins at the first batch request.
+    # Request the shards first: get_dataset_shard creates Ray Data's split coordinator (a new
+    # process), whose start-up then overlaps the model build; execution begins at the first
+    # batch request.
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
     rank = ray.train.get_context().get_world_rank()
@@ -368,9 +370,19 @@ def run_training(cfg: PipelineConfig, address: str | None = None) -> dict:
     warm_up_data_workers(cfg.data.placement.selector)
 
     name = ledger_name(cfg.storage.run_name)
+    # On the driver's node (the head, under KubeRay), as Train keeps its own bookkeeping actors:
+    # a zero-CPU actor could land on a data node, and losing that node must not take the run's
+    # counters, and with them the training loop, down too.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     ledger = (
         ray.remote(BadRecordLedger)
-        .options(name=name, namespace=LEDGER_NAMESPACE, get_if_exists=True, num_cpus=0)
+        .options(
+            name=name,
+            namespace=LEDGER_NAMESPACE,
+            get_if_exists=True,
+            num_cpus=0,
+            scheduling_strategy=here,
+        )
         .remote()
     )
     datasets = {

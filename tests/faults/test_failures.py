@@ -20,19 +20,18 @@ from tests.faults.conftest import TrainRun, fault_config, finished_run, load_sta
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-def alive_train_worker_pids(address: str) -> list[int]:
+def alive_actors(address: str, class_name: str) -> list:
     import ray
     from ray.util.state import list_actors
 
     ray.init(address=address)
     try:
-        actors = list_actors(
-            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        return list_actors(
+            filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
             raise_on_missing_output=False,
         )
     finally:
         ray.shutdown()
-    return [a.pid for a in actors]
 
 
 def test_train_worker_killed_mid_epoch_restores_and_finishes(
@@ -42,9 +41,9 @@ def test_train_worker_killed_mid_epoch_restores_and_finishes(
         ray_cluster, fault_config(tmp_path, s3.endpoint, "worker-kill"), s3, "worker-kill"
     ).start()
     run.wait_for_epoch(1)
-    pids = alive_train_worker_pids(ray_cluster.address)
-    assert len(pids) == 1
-    os.kill(pids[0], signal.SIGKILL)
+    workers = alive_actors(ray_cluster.address, "RayTrainWorker")
+    assert len(workers) == 1
+    os.kill(workers[0].pid, signal.SIGKILL)
     r = run.wait()
     finished_run(r, faults_data, s3, "worker-kill")
     # restored inside the same run, from the checkpoint written before the kill
@@ -61,6 +60,13 @@ def test_data_node_replaced_mid_epoch(ray_cluster, s3, faults_data, tmp_path):
     old = ray_cluster.node_ids["data"]
     new = ray_cluster.replace_node("data")
     assert new != old
+    # the run's bad-record counters live with the driver, on the head: not lost with the node
+    (ledger,) = [
+        a
+        for a in alive_actors(ray_cluster.address, "BadRecordLedger")
+        if a.name == "bad-records-node-loss"
+    ]
+    assert ledger.node_id == ray_cluster.node_ids["headgroup"]
     r = run.wait()
     # Ray Data re-runs the lost tasks on the new node (or Train restarts the epoch from its
     # checkpoint when the stream itself is lost): either way no finished epoch drops or
