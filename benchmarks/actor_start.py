@@ -1,8 +1,8 @@
 """How long a Ray actor takes to answer its first call, by runtime env.
 
-Ray Train creates Ray Data's split coordinator (an actor) at the first batch request, with the
-env_vars runtime env Train gives all its actors; this measures what that costs on the
-embedded Ray, against an actor without a runtime env.
+Ray Train creates Ray Data's split coordinator (an actor) at the shard request
+(``get_dataset_shard``), with the env_vars runtime env Train gives all its actors; this
+measures what that costs on the embedded Ray, against an actor without a runtime env.
 
     .venv/bin/python benchmarks/actor_start.py
 
@@ -39,6 +39,8 @@ def first_calls(n: int, runtime_env: dict | None) -> list[float]:
 
 def main() -> None:
     os.environ.update(RAY_NODE_ENV)
+    if not train_runtime_env():
+        raise SystemExit("Ray Train's runtime env could not be derived (its internals moved)")
     cases = (
         ("no runtime env (job and actor)", None, None),
         ("Train's runtime env on the actor", None, train_runtime_env()),

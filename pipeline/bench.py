@@ -10,9 +10,10 @@ On one synthetic dataset of encoded images, on local disk and on S3, it measures
 - ``ray``: the pipeline's own path (``pipeline.data`` → ``iter_torch_batches`` inside a Train
   worker), timed inside the loop from the first request to the last batch;
 
-plus time to first batch, fit start-up and tear-down, peak memory (every process of this
-run, shared memory counted once, and the object store) and, with ``--model``, the share of
-each training step spent waiting for data.
+plus time to first batch (the loop's wait, and the time from its shard request), fit start-up
+and tear-down, peak memory (every process of this run, shared memory counted once, and the
+object store) and, with ``--model``, the share of each training step spent waiting for data
+and the data-group CPUs per train worker that keep that model fed.
 """
 
 from __future__ import annotations
@@ -491,6 +492,7 @@ def measure_ray(
         steady = out["epochs"][1:] or out["epochs"]
         busy_s = sum(e["seconds"] - e["wait_s"] for e in steady)
         r["model_rows_per_s"] = sum(e["rows"] for e in steady) / max(busy_s, 1e-9)
+        r["model_rate_from_first_epoch"] = len(out["epochs"]) == 1
     return r
 
 
@@ -657,29 +659,45 @@ def memory_check(ds: Dataset, cfg: PipelineConfig, workdir: Path, opts: BenchOpt
     return out
 
 
-# Above the bare need: augmentation costs vary per batch, and Ray's own processes, the split
-# coordinator among them, share the data nodes' cores (benchmarks/RESULTS.md: ~0.2-0.4 of a core).
+# Above the bare need: the cost of augmentation varies from batch to batch, and a model's
+# rate varies with its inputs; a data group run at 80% keeps up with both.
 ADVICE_HEADROOM = 1.25
 
 
-def advise_data_cpus(per: dict, model: str) -> dict | None:
+def advise_data_cpus(per: dict, model: str) -> dict:
     """Data-group CPUs per train worker that keep ``model`` fed: the rows/s its steps take when
-    they never wait, over the rows/s one data core preprocesses, plus headroom. The per-core
-    rate is the ray path's own when it used enough CPU to measure (0.1 core), else the
-    limit's, which is higher than the ray path reaches: then the advice is a floor."""
-    need = per["ray"].get("model_rows_per_s")
-    source = next((p for p in ("ray", "limit") if per.get(p, {}).get("rows_per_data_core_s")), None)
-    if not need or source is None:
-        return None
-    per_core = per[source]["rows_per_data_core_s"]
-    return {
+    they never wait, over the rows/s one data core preprocesses, plus headroom.
+
+    The per-core rate is the ray path's own when the bench could time its data tasks (at least
+    0.1 of a core, on the embedded Ray: on a cluster they run on other machines), else the
+    limit's, measured on the machine running the bench: usually above what the ray path
+    reaches (0.65-0.88 of it on the 2-core machine of benchmarks/RESULTS.md), so the advice
+    is then a floor. Without either rate, ``data_cpus_per_train_worker`` is None and
+    ``missing`` says what to add."""
+    ray_path = per["ray"]
+    need = ray_path.get("model_rows_per_s") or 0.0
+    out: dict = {
         "model": model,
         "model_rows_per_s": need,
-        "rows_per_data_core_s": per_core,
-        "per_core_from": source,
-        "data_cores_needed": need / per_core,
-        "data_cpus_per_train_worker": max(1, math.ceil(ADVICE_HEADROOM * need / per_core)),
+        "from_first_epoch": ray_path.get("model_rate_from_first_epoch", False),
+        "data_cpus_per_train_worker": None,
     }
+    source = next((p for p in ("ray", "limit") if per.get(p, {}).get("rows_per_data_core_s")), None)
+    if source is None:
+        out["missing"] = (
+            "no per-core rate: the data tasks used under 0.1 of a core; add limit to --paths"
+        )
+    elif need <= 0:
+        out["missing"] = "no model rate: no rows after the first epoch"
+    else:
+        per_core = per[source]["rows_per_data_core_s"]
+        out.update(
+            rows_per_data_core_s=per_core,
+            per_core_from=source,
+            data_cores_needed=need / per_core,
+            data_cpus_per_train_worker=max(1, math.ceil(ADVICE_HEADROOM * need / per_core)),
+        )
+    return out
 
 
 def finalize(results: dict, opts: BenchOptions) -> dict:
@@ -705,7 +723,7 @@ def finalize(results: dict, opts: BenchOptions) -> dict:
         if per.get("advice"):
             results["advised_data_cpus_per_train_worker"] = per["advice"][
                 "data_cpus_per_train_worker"
-            ]
+            ]  # None when the advice lacks a rate (see advice.missing)
     results["model"] = opts.model
     return results
 
@@ -761,16 +779,25 @@ def format_table(results: dict) -> str:
                 lines.append(f"cores used, {name} {path}: {split}")
     for name, per in results["storages"].items():
         a = per.get("advice")
-        if a:
-            floor = " at least" if a["per_core_from"] == "limit" else ""
-            lines.append(
-                f"advice, {name}: {a['model']} takes {a['model_rows_per_s']:.0f} rows/s per "
-                f"train worker when it never waits; one data core preprocesses "
-                f"{a['rows_per_data_core_s']:.0f} rows/s ({a['per_core_from']} path), so it "
-                f"needs {a['data_cores_needed']:.2f} data cores: give the data group{floor} "
-                f"{a['data_cpus_per_train_worker']} CPU(s) per train worker "
-                f"({ADVICE_HEADROOM:.2f}x headroom)"
-            )
+        if not a:
+            continue
+        if a["data_cpus_per_train_worker"] is None:
+            lines.append(f"advice, {name}: not computed: {a['missing']}")
+            continue
+        source, floor = "ray path", ""
+        if a["per_core_from"] == "limit":
+            source, floor = "limit path, on the machine running the bench", " at least"
+        warm = ""
+        if a["from_first_epoch"]:
+            warm = " (epoch 1 only, with warm-up: --epochs 2 measures it steadier)"
+        lines.append(
+            f"advice, {name}: {a['model']} takes {a['model_rows_per_s']:.0f} rows/s per train "
+            f"worker when it never waits{warm}; one data core preprocesses "
+            f"{a['rows_per_data_core_s']:.0f} rows/s ({source}), "
+            f"so each train worker needs {a['data_cores_needed']:.2f} data cores: give the data "
+            f"group{floor} {a['data_cpus_per_train_worker']} CPU(s) per train worker "
+            f"({ADVICE_HEADROOM:.2f}x headroom)"
+        )
     mc = results.get("memory_check")
     if mc:
         lines.append(

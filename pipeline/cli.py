@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         choices=["simple_cnn", "resnet18"],
-        help="also step this model in the Ray path: the data-wait share of each step",
+        help="also step this model in the Ray path: the data-wait share of each step, and the "
+        "data-group CPUs per train worker that keep it fed (add limit to --paths for a per-core "
+        "rate on a cluster)",
     )
     p.add_argument("--epochs", type=int, default=1, help="epochs of the Ray path")
     p.add_argument(

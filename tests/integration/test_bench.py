@@ -55,21 +55,25 @@ def test_bench_runs_every_path_on_local_and_s3(ray_cluster, s3, tmp_path):
         for path in ("limit", "raw_read", "dataloader", "ray"):
             assert per[path]["rows"] == train_rows, (storage, path)
         assert per["ray"]["fit_startup_s"] > 0 and per["ray"]["teardown_s"] > 0
-        # the shard is requested before the model is built, the first batch after
-        assert per["ray"]["shard_to_first_batch_s"] >= per["ray"]["ttfb_s"] > 0
+        assert per["ray"]["shard_to_first_batch_s"] > 0 and per["ray"]["ttfb_s"] > 0
         # the model's steps: the share spent waiting, and the data CPUs that keep it fed
-        ray_path, advice = per["ray"], per["advice"]
-        assert 0 <= ray_path["data_wait_fraction"] < 1
-        assert advice["model"] == "simple_cnn"
-        assert advice["model_rows_per_s"] >= ray_path["rows_per_s"]  # it also waited
+        advice = per["advice"]
+        assert 0 <= per["ray"]["data_wait_fraction"] < 1
+        assert advice["model"] == "simple_cnn" and advice["model_rows_per_s"] > 0
+        # the data tasks run in the cluster's processes, which the bench cannot time: the
+        # per-core rate is the limit's, so the advice is a floor
+        assert advice["per_core_from"] == "limit"
         assert advice["data_cpus_per_train_worker"] >= 1
-        assert (  # enough preprocessing for the model's rate, with the headroom
-            advice["data_cpus_per_train_worker"] * advice["rows_per_data_core_s"]
-            >= advice["model_rows_per_s"]
-        )
     assert results["advised_data_cpus_per_train_worker"] >= 1
     # the table a user reads
-    for line in ("local    limit", "s3       ray", "first batch", "advice, s3: simple_cnn"):
+    for line in (
+        "local    limit",
+        "s3       ray",
+        "first batch",
+        "after the shard request",
+        "advice, s3: simple_cnn",
+        "give the data group at least",
+    ):
         assert line in r.output, line
     # the dataset is on the bucket for the next run
     assert len(s3.keys("ray-pipeline-bench-it", "synthetic/train/")) >= 8

@@ -1,0 +1,75 @@
+"""The bench's data-CPU advice and its report, from the figures of a run (pure functions: the
+run itself is tests/integration/test_bench.py)."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.bench import BenchOptions, advise_data_cpus, finalize, format_table
+
+
+def _path(rows_per_s: float) -> dict:
+    return {"rows": 1000, "rows_per_s": rows_per_s, "mb_per_s": 1.0, "peak_memory_bytes": 1 << 30}
+
+
+def _ray(model_rows_per_s: float, *, data_cores: float | None = None, epochs: int = 2) -> dict:
+    r = _path(400.0)
+    r.update(
+        ttfb_s=0.8,
+        shard_to_first_batch_s=4.0,
+        fit_startup_s=12.0,
+        teardown_s=3.0,
+        data_wait_fraction=0.02,
+        epochs=[{"rows": 500, "seconds": 1.25}] * epochs,
+        model_rows_per_s=model_rows_per_s,
+        model_rate_from_first_epoch=epochs == 1,
+    )
+    if data_cores is not None:
+        r.update(data_cores=data_cores, rows_per_data_core_s=400.0 / data_cores)
+    return r
+
+
+def _report(per: dict, model: str = "resnet18") -> tuple[dict, str]:
+    per["advice"] = advise_data_cpus(per, model)
+    results = finalize({"rows": 1000, "storages": {"s3": per}}, BenchOptions(model=model))
+    return results, format_table(results)
+
+
+def test_a_model_faster_than_one_data_core_gets_enough_cores_with_headroom():
+    # a GPU model taking 60,000 rows/s; the data tasks preprocess 25,000 rows/s per core
+    limit = _path(50_000.0)
+    limit.update(data_cores=2.0, rows_per_data_core_s=25_000.0)
+    results, table = _report({"limit": limit, "ray": _ray(60_000.0)})
+    advice = results["storages"]["s3"]["advice"]
+    assert advice["data_cores_needed"] == 2.4
+    assert advice["data_cpus_per_train_worker"] == 3  # 2.4 cores x 1.25, rounded up
+    assert results["advised_data_cpus_per_train_worker"] == 3
+    assert "give the data group at least 3 CPU(s) per train worker" in table
+    assert "limit path, on the machine running the bench" in table
+
+
+def test_the_ray_paths_own_rate_wins_over_the_limit_and_is_no_floor():
+    limit = _path(50_000.0)
+    limit.update(data_cores=2.0, rows_per_data_core_s=25_000.0)
+    # the ray path preprocessed 400 rows/s on 0.02 of a core: 20,000 rows/s per core
+    per = {"limit": limit, "ray": _ray(30_000.0, data_cores=0.02)}
+    results, table = _report(per)
+    advice = results["storages"]["s3"]["advice"]
+    assert advice["per_core_from"] == "ray" and advice["rows_per_data_core_s"] == 20_000.0
+    assert advice["data_cpus_per_train_worker"] == 2  # 1.5 cores x 1.25 = 1.875
+    assert "give the data group 2 CPU(s)" in table and "at least" not in table
+
+
+def test_without_a_per_core_rate_the_advice_says_what_to_add():
+    results, table = _report({"ray": _ray(400.0)}, model="simple_cnn")
+    assert results["advised_data_cpus_per_train_worker"] is None
+    assert "advice, s3: not computed: no per-core rate" in table
+    assert "add limit to --paths" in table
+    json.dumps(results)  # what --json writes
+
+
+def test_a_rate_from_one_epoch_is_flagged_as_including_warm_up():
+    limit = _path(50_000.0)
+    limit.update(data_cores=2.0, rows_per_data_core_s=25_000.0)
+    _, table = _report({"limit": limit, "ray": _ray(10_000.0, epochs=1)})
+    assert "epoch 1 only, with warm-up: --epochs 2" in table
