@@ -285,6 +285,10 @@ def measure_limit(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
         start = time.perf_counter()
         done = pool.map(_limit_worker, shards)
         seconds = time.perf_counter() - start
+        # let the workers exit: the pool's exit would SIGTERM them, and a fork of a process
+        # that runs Ray prints Ray's stack dump on SIGTERM
+        pool.close()
+        pool.join()
     _LIMIT_BATCHES = []
     rows, cpu_s = sum(n for n, _ in done), sum(c for _, c in done)
     return {"rows": rows, "seconds": seconds, "data_cores": cpu_s / seconds}
