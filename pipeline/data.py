@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.config import DataSection, PipelineConfig
-from pipeline.errors import DataError
-from pipeline.storage import Location, check_bucket, first_line, list_files, resolve
+from pipeline.errors import DataError, first_line
+from pipeline.storage import Location, check_bucket, list_files, resolve
 from pipeline.transforms import check_labels, decode_images, preprocess, row_digests
 
 log = logging.getLogger(__name__)

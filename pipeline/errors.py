@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def first_line(e: object) -> str:
+    """The first line of an error's message (pyarrow's run on), or its type when empty."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+
+
 class PipelineError(Exception):
     """Base class: a problem the user can fix, reported without a traceback."""
 

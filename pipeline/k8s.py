@@ -34,7 +34,7 @@ import yaml
 
 from pipeline import __version__
 from pipeline.config import apply_override, load_config, parse_override, validate_config
-from pipeline.errors import ConfigError, KubernetesError
+from pipeline.errors import ConfigError, KubernetesError, first_line
 
 GROUP, VERSION = "ray.io", "v1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -486,8 +486,7 @@ class KubeApi:
 def _api_error_line(e: object) -> str:
     """The part of an error the user needs: `[Errno 111] Connection refused`, not urllib3's
     description of its connection object."""
-    lines = str(e).strip().splitlines()
-    line = lines[0] if lines else type(e).__name__
+    line = first_line(e)
     errno = re.search(r"\[Errno -?\d+\] .*", line)
     return errno.group(0) if errno else line.split(">: ", 1)[-1]
 

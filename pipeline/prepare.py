@@ -26,11 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Section
-from pipeline.errors import DataError, StorageError
+from pipeline.errors import DataError, StorageError, first_line
 from pipeline.storage import (
     Location,
     check_bucket,
-    first_line,
     list_files,
     resolve,
     write_json,

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from pipeline.config import S3Section
-from pipeline.errors import StorageError
+from pipeline.errors import StorageError, first_line
 
 
 @dataclass(frozen=True)
@@ -221,11 +221,6 @@ def write_json(loc: Location, relpath: str, obj: Any) -> str:
     except OSError as e:
         raise StorageError(f"cannot write {loc.uri_of(path)}: {first_line(e)}") from None
     return loc.uri_of(path)
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an error's message (pyarrow's run on), or its type when empty."""
-    return str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
 
 
 S3_CONNECTION_ERRORS = (
