@@ -496,7 +496,6 @@ def measure_ray(
         steady = out["epochs"][1:] or out["epochs"]
         busy_s = sum(e["seconds"] - e["wait_s"] for e in steady)
         r["model_rows_per_s"] = sum(e["rows"] for e in steady) / max(busy_s, 1e-9)
-        r["model_rate_from_first_epoch"] = len(out["epochs"]) == 1
     return r
 
 
@@ -683,7 +682,7 @@ def advise_data_cpus(per: dict, model: str) -> dict:
     out: dict = {
         "model": model,
         "model_rows_per_s": need,
-        "from_first_epoch": ray_path.get("model_rate_from_first_epoch", False),
+        "from_first_epoch": len(ray_path["epochs"]) == 1,  # see measure_ray
         "data_cpus_per_train_worker": None,
     }
     source = next((p for p in ("ray", "limit") if per.get(p, {}).get("rows_per_data_core_s")), None)

@@ -22,10 +22,16 @@ def _ray(model_rows_per_s: float, *, data_cores: float | None = None, epochs: in
         data_wait_fraction=0.02,
         epochs=[{"rows": 500, "seconds": 1.25}] * epochs,
         model_rows_per_s=model_rows_per_s,
-        model_rate_from_first_epoch=epochs == 1,
     )
     if data_cores is not None:
         r.update(data_cores=data_cores, rows_per_data_core_s=400.0 / data_cores)
+    return r
+
+
+def _limit() -> dict:
+    """The limit path: 2 data cores preprocessing 25,000 rows/s each."""
+    r = _path(50_000.0)
+    r.update(data_cores=2.0, rows_per_data_core_s=25_000.0)
     return r
 
 
@@ -37,9 +43,7 @@ def _report(per: dict, model: str = "resnet18") -> tuple[dict, str]:
 
 def test_a_model_faster_than_one_data_core_gets_enough_cores_with_headroom():
     # a GPU model taking 60,000 rows/s; the data tasks preprocess 25,000 rows/s per core
-    limit = _path(50_000.0)
-    limit.update(data_cores=2.0, rows_per_data_core_s=25_000.0)
-    results, table = _report({"limit": limit, "ray": _ray(60_000.0)})
+    results, table = _report({"limit": _limit(), "ray": _ray(60_000.0)})
     advice = results["storages"]["s3"]["advice"]
     assert advice["data_cores_needed"] == 2.4
     assert advice["data_cpus_per_train_worker"] == 3  # 2.4 cores x 1.25, rounded up
@@ -49,10 +53,8 @@ def test_a_model_faster_than_one_data_core_gets_enough_cores_with_headroom():
 
 
 def test_the_ray_paths_own_rate_wins_over_the_limit_and_is_no_floor():
-    limit = _path(50_000.0)
-    limit.update(data_cores=2.0, rows_per_data_core_s=25_000.0)
     # the ray path preprocessed 400 rows/s on 0.02 of a core: 20,000 rows/s per core
-    per = {"limit": limit, "ray": _ray(30_000.0, data_cores=0.02)}
+    per = {"limit": _limit(), "ray": _ray(30_000.0, data_cores=0.02)}
     results, table = _report(per)
     advice = results["storages"]["s3"]["advice"]
     assert advice["per_core_from"] == "ray" and advice["rows_per_data_core_s"] == 20_000.0
@@ -69,7 +71,5 @@ def test_without_a_per_core_rate_the_advice_says_what_to_add():
 
 
 def test_a_rate_from_one_epoch_is_flagged_as_including_warm_up():
-    limit = _path(50_000.0)
-    limit.update(data_cores=2.0, rows_per_data_core_s=25_000.0)
-    _, table = _report({"limit": limit, "ray": _ray(10_000.0, epochs=1)})
+    _, table = _report({"limit": _limit(), "ray": _ray(10_000.0, epochs=1)})
     assert "epoch 1 only, with warm-up: --epochs 2" in table
