@@ -32,7 +32,7 @@ KIND_VALUES = CHART_DIR / "ci" / "kind-values.yaml"
 
 @pytest.fixture(autouse=True)
 def fast_polling(monkeypatch):
-    monkeypatch.setattr(k8s, "POLL_INTERVAL_S", 0.01)
+    monkeypatch.setattr(k8s.status, "POLL_INTERVAL_S", 0.01)
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -114,7 +114,7 @@ def test_dry_run_refuses_what_the_job_would_refuse(capsys):
 )  # fmt: skip
 def test_a_local_config_leaf_reads_back_as_itself(tmp_path, value):
     """Each leaf goes through `--set` (YAML) and two shells (KubeRay's, then Ray's)."""
-    item = f"x.y={k8s._yaml_value(value)}"
+    item = f"x.y={k8s.rayjob._yaml_value(value)}"
     (back,) = shlex.split(shlex.join([item]))
     tree: dict = {}
     apply_override(tree, *parse_override(back))
@@ -220,7 +220,7 @@ def test_follow_stops_at_its_timeout_and_rides_out_a_short_outage():
     def get():
         calls["n"] += 1
         if calls["n"] == 2:
-            raise k8s._Unreachable("cannot reach the Kubernetes API")
+            raise k8s.api.Unreachable("cannot reach the Kubernetes API")
         return {"metadata": {"name": "j"}, "status": {"jobDeploymentStatus": "Running"}}
 
     _, state = k8s.follow(get, timeout_s=60, sleep=lambda s: None, clock=lambda: next(clock))
