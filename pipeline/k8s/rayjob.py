@@ -33,6 +33,8 @@ CONFIG_ENV = "RAY_PIPELINE_CONFIG"  # set by the chart in every Ray container
 CHART_NAME = "ray-pipeline"
 NAME_LABEL, INSTANCE_LABEL = "app.kubernetes.io/name", "app.kubernetes.io/instance"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
+# KubeRay marks the RayCluster it creates for a RayJob with `ray.io/originated-from-crd: RayJob`.
+ORIGINATED_FROM_CRD_LABEL = "ray.io/originated-from-crd"
 RUN_NAME_ANNOTATION = "ray-pipeline.io/run-name"
 DEFAULT_IMAGE = f"ghcr.io/ray-pipeline/ray-pipeline:{__version__}"
 
@@ -127,13 +129,15 @@ def config_file_overrides(path: str | os.PathLike) -> list[str]:
     return [f"{key}={_yaml_value(value)}" for key, value in _flat(tree)]
 
 
-def entrypoint(overrides: list[str]) -> str:
-    """`ray-pipeline train --set ...`, quoted once for the shell that runs it.
+def entrypoint(overrides: list[str], deadline_s: int = DEFAULT_DEADLINE_S) -> str:
+    """`python -m pipeline.deadline <s> -- ray-pipeline train --set ...`, quoted once for the
+    shell that runs it: the driver stops itself at the deadline (pipeline/deadline.py says why).
 
     KubeRay pastes the entrypoint into the submitter's shell command and `ray job submit`
     re-quotes what that shell split, so one command with quoted arguments survives both.
     """
-    argv = ["ray-pipeline", "train"]
+    argv = ["python", "-m", "pipeline.deadline", str(int(deadline_s)), "--", "ray-pipeline"]
+    argv.append("train")
     for item in overrides:
         argv += ["--set", item]
     return shlex.join(argv)
@@ -141,10 +145,11 @@ def entrypoint(overrides: list[str]) -> str:
 
 def render_rayjob(
     target: Target, name: str, overrides: list[str], run_name: str,
-    deadline_s: int = DEFAULT_DEADLINE_S,
+    deadline_s: int = DEFAULT_DEADLINE_S, runtime_env: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A RayJob for the target's long-lived cluster (no backoffLimit: KubeRay refuses retries
-    with a clusterSelector; no shutdown: the cluster outlives the job)."""
+    with a clusterSelector; no shutdown: the cluster outlives the job). ``runtime_env`` becomes
+    its runtimeEnvYAML (Ray's runtime env of the job: working_dir, pip)."""
     if len(name) > MAX_NAME_LENGTH or not DNS_1035.match(name):
         raise KubernetesError(
             f"RayJob name {name!r}: KubeRay needs a DNS-1035 label of at most {MAX_NAME_LENGTH} "
@@ -185,7 +190,12 @@ def render_rayjob(
             "annotations": {RUN_NAME_ANNOTATION: run_name},
         },
         "spec": {
-            "entrypoint": entrypoint(overrides),
+            "entrypoint": entrypoint(overrides, deadline_s),
+            **(
+                {"runtimeEnvYAML": yaml.safe_dump(dict(runtime_env), sort_keys=False)}
+                if runtime_env
+                else {}
+            ),
             "submissionMode": "K8sJobMode",
             "clusterSelector": {CLUSTER_SELECTOR_KEY: target.cluster},
             "activeDeadlineSeconds": int(deadline_s),

@@ -91,7 +91,8 @@ def test_autoscaler_gets_only_its_namespaced_rights(render, chart_dir):
             "namespace": rendered.namespace,
         }
     ]
-    assert head["automountServiceAccountToken"] is True
+    # No Ray pod automounts a token (the autoscaler's own is projected: test_kuberay.py).
+    assert head["automountServiceAccountToken"] is False
     for group in rendered.raycluster["spec"]["workerGroupSpecs"]:
         assert group["template"]["spec"]["automountServiceAccountToken"] is False
 
@@ -239,8 +240,27 @@ def test_other_pods_cannot_reach_ray(protected):
             assert not admits(protected, target, other_release, port), (group, port)
 
 
-def test_operator_reaches_only_the_dashboard(protected):
-    operator = _pod({"app.kubernetes.io/name": "kuberay-operator"}, "kuberay-system")
+# The KubeRay 1.7 operator pod's labels, as its two installs set them:
+OPERATOR_POD_LABELS = {
+    # helm-chart/kuberay-operator/templates/deployment.yaml (release kuberay-operator)
+    "helm": {
+        "app.kubernetes.io/name": "kuberay-operator",
+        "app.kubernetes.io/instance": "kuberay-operator",
+        "app.kubernetes.io/component": "kuberay-operator",
+    },
+    # ray-operator/config/manager/manager.yaml and ray-operator/config/default (kustomize)
+    "kustomize": {
+        "app.kubernetes.io/name": "kuberay",
+        "app.kubernetes.io/component": "kuberay-operator",
+    },
+}
+
+
+@pytest.mark.parametrize("install", sorted(OPERATOR_POD_LABELS))
+def test_operator_reaches_only_the_dashboard(protected, install):
+    """Blocked from 8265, the operator cannot read job status and fails the RayJob after 300 s
+    (rayjob_controller.go: checkJobStatusCheckTimeoutAndUpdateStatusIfNeeded)."""
+    operator = _pod(OPERATOR_POD_LABELS[install], "kuberay-system")
     head = ray_pod(protected, "headgroup")
     assert admits(protected, head, operator, 8265)
     assert not admits(protected, head, operator, 6379)

@@ -18,6 +18,13 @@ VALUE_SETS = {p.stem: [p] for p in CI_FILES} | {
 }
 
 
+def command(entrypoint: str) -> tuple[int, list[str]]:
+    """(deadline, command) of an entrypoint `python -m pipeline.deadline <s> -- <command>`."""
+    argv = shlex.split(entrypoint)
+    assert argv[:3] == ["python", "-m", "pipeline.deadline"] and argv[4] == "--", argv
+    return int(argv[3]), argv[5:]
+
+
 @pytest.fixture(params=["cluster", "ephemeral"])
 def mode(request) -> str:
     return request.param
@@ -47,13 +54,17 @@ def test_no_rayjob_unless_enabled(render):
 
 def test_entrypoints_run_the_pipeline_with_the_mounted_config(jobs):
     rendered, found = jobs
-    assert shlex.split(found["prepare"]["spec"]["entrypoint"]) == [
+    deadline = rendered.values["rayJobs"]["activeDeadlineSeconds"]
+    assert command(found["prepare"]["spec"]["entrypoint"]) == (deadline, [
         "ray-pipeline", "prepare", *map(str, rendered.values["rayJobs"]["prepare"]["args"])
-    ]  # fmt: skip
-    assert shlex.split(found["train"]["spec"]["entrypoint"])[:2] == ["ray-pipeline", "train"]
+    ])  # fmt: skip
+    assert command(found["train"]["spec"]["entrypoint"])[1][:2] == ["ray-pipeline", "train"]
     # No --config: the driver runs on the head, which mounts the config and sets the variable.
-    head = rendered.raycluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert {"name": "RAY_PIPELINE_CONFIG", "value": "/etc/ray-pipeline/config.yaml"} in head["env"]
+    for job in found.values():
+        cluster = job["spec"].get("rayClusterSpec") or rendered.raycluster["spec"]
+        head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+        env = {"name": "RAY_PIPELINE_CONFIG", "value": "/etc/ray-pipeline/config.yaml"}
+        assert env in head["env"]
 
 
 def test_both_modes_submit_from_a_kubernetes_job_with_a_deadline(jobs):
@@ -85,12 +96,15 @@ def test_cluster_mode_targets_the_release_cluster_without_retries(render):
 
 @pytest.mark.parametrize("ci_file", CI_FILES, ids=lambda p: p.stem)
 def test_ephemeral_mode_brings_the_release_cluster_spec(render, ci_file):
-    """One helper renders both: the job's cluster is exactly the release's RayCluster spec."""
+    """One helper renders both: train's cluster is the spec the release's RayCluster has in
+    cluster mode (less upgradeStrategy, which KubeRay refuses on a RayJob's cluster)."""
     rendered = render({"rayJobs": {"mode": "ephemeral", **BOTH}}, ci_file)
+    long_lived = render({"rayJobs": {"mode": "cluster"}}, ci_file).raycluster["spec"]
     values = rendered.values["rayJobs"]
     for job in rendered.all("RayJob"):
         spec = job["spec"]
-        assert spec["rayClusterSpec"] == rendered.raycluster["spec"]
+        if job["metadata"]["labels"]["ray-pipeline.io/job"] == "train":
+            assert spec["rayClusterSpec"] == long_lived
         assert "clusterSelector" not in spec
         assert spec["shutdownAfterJobFinishes"] is True
         assert spec["ttlSecondsAfterFinished"] == values["ttlSecondsAfterFinished"]
@@ -151,8 +165,9 @@ def test_arguments_are_shell_quoted_like_python_does(render, args):
     """KubeRay pastes the entrypoint into a shell command: each argument must come back whole."""
     rendered = render({"rayJobs": {"train": {"enabled": True, "args": args}}})
     entrypoint = rendered.one("RayJob")["spec"]["entrypoint"]
-    assert entrypoint == shlex.join(["ray-pipeline", "train", *map(str, args)])
-    assert shlex.split(entrypoint)[2:] == [str(a) for a in args]
+    argv = ["python", "-m", "pipeline.deadline", "86400", "--", "ray-pipeline", "train"]
+    assert entrypoint == shlex.join([*argv, *map(str, args)])
+    assert shlex.split(entrypoint)[7:] == [str(a) for a in args]
 
 
 def test_names_fit_kuberay_and_change_with_the_run_id(render):

@@ -26,9 +26,36 @@ the RayCluster spec is one named template so that a RayJob can embed the very sa
 {{- end -}}
 {{- end -}}
 
-{{/* The RayCluster's name; KubeRay derives `<name>-head-svc` and the auth Secret `<name>` from it. */}}
+{{/* The RayCluster's name; KubeRay derives `<name>-head-svc` and the auth Secret from it. */}}
 {{- define "ray-pipeline.clusterName" -}}
 {{- include "ray-pipeline.fullname" . -}}
+{{- end -}}
+
+{{/*
+A name as KubeRay 1.7 clips it for the objects it creates (utils/util.go: CheckName): longer than
+50 characters, it keeps the last 50; a digit or punctuation first becomes `r`. The operator names
+the auth Secret, the autoscaler's Role and RoleBinding and (with autoscaling) the head pod's
+ServiceAccount this way.
+*/}}
+{{- define "ray-pipeline.kuberayName" -}}
+{{- $s := toString . -}}
+{{- if gt (len $s) 50 -}}
+{{- $s = substr (int (sub (len $s) 50)) (len $s) $s -}}
+{{- end -}}
+{{- if regexMatch "^[0-9[:punct:]]" $s -}}
+{{- $s = printf "r%s" (substr 1 (len $s) $s) -}}
+{{- end -}}
+{{- $s -}}
+{{- end -}}
+
+{{/* The Secret holding the Ray token: ray.auth.existingSecret, else the one KubeRay creates. */}}
+{{- define "ray-pipeline.authSecretName" -}}
+{{- default (include "ray-pipeline.kuberayName" (include "ray-pipeline.clusterName" .)) .Values.ray.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Does the release render its long-lived RayCluster? Not in rayJobs.mode=ephemeral. */}}
+{{- define "ray-pipeline.longLivedCluster" -}}
+{{- if ne (.Values.rayJobs | default dict).mode "ephemeral" -}}true{{- end -}}
 {{- end -}}
 
 {{- define "ray-pipeline.chart" -}}
@@ -72,7 +99,9 @@ the NetworkPolicy admits to the Ray ports.
 
 {{- define "ray-pipeline.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
-{{- default (include "ray-pipeline.fullname" .) .Values.serviceAccount.name -}}
+{{- /* KubeRay clips the head pod's account name with autoscaling (common/pod.go:
+DefaultHeadPodTemplate): the account the chart creates has the clipped name from the start. */ -}}
+{{- include "ray-pipeline.kuberayName" (default (include "ray-pipeline.fullname" .) .Values.serviceAccount.name) -}}
 {{- else -}}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
@@ -123,8 +152,8 @@ the NetworkPolicy admits to the Ray ports.
 {{/*
 The Ray node labels a group's placement selector uses: (dict "root" $ "name" <group>).
 With ray.groupLabels on and the group carrying rayLabels: those labels (KubeRay puts them on the
-Ray node and the autoscaler sees them). Otherwise: ray.io/node-group, which KubeRay >= 1.1 sets
-on every Ray node to its group name.
+Ray node and the autoscaler sees them). Otherwise: ray.io/node-group, which Ray (2.60: resource_and_label_spec.py,
+_get_default_labels) derives from the RAY_NODE_TYPE_NAME env that KubeRay sets to the group name.
 */}}
 {{- define "ray-pipeline.groupSelector" -}}
 {{- $group := index .root.Values.workerGroups .name -}}
@@ -196,6 +225,28 @@ Checks JSON Schema cannot express. Each message names the value to fix.
 {{- define "ray-pipeline.validateValues" -}}
 {{- $root := . -}}
 {{- $autoscaling := .Values.autoscaling.enabled -}}
+{{- /* utils/validation.go: ValidateRayClusterMetadata (at most 53 characters, a DNS-1035 label). */ -}}
+{{- $cluster := include "ray-pipeline.clusterName" . -}}
+{{- if gt (len $cluster) 53 -}}
+{{- fail (printf "the RayCluster name %s has %d characters; KubeRay allows 53: shorten the release name or set fullnameOverride" $cluster (len $cluster)) -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $cluster) -}}
+{{- fail (printf "the RayCluster name %s is not a DNS-1035 label (lower case letters, digits and '-', a letter first), which KubeRay requires: rename the release or set fullnameOverride" $cluster) -}}
+{{- end -}}
+{{- range $path, $group := dict "head" .Values.head -}}
+{{- include "ray-pipeline.validatePodLabels" (dict "path" $path "labels" $group.podLabels) -}}
+{{- end -}}
+{{- range $name, $group := .Values.workerGroups -}}
+{{- include "ray-pipeline.validatePodLabels" (dict "path" (printf "workerGroups.%s" $name) "labels" $group.podLabels) -}}
+{{- end -}}
+{{- range $key, $_ := .Values.head.rayStartParams -}}
+{{- if has $key (list "port" "dashboard-port" "ray-client-server-port" "metrics-export-port") -}}
+{{- fail (printf "head.rayStartParams.%s: the head's container ports, its Service (KubeRay takes the Service's ports from the container's, common/service.go: getPortsFromCluster) and the NetworkPolicies use the default ports (6379, 8265, 10001, 8080); remove it" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $autoscaling (not .Values.serviceAccount.create) (gt (len (include "ray-pipeline.serviceAccountName" .)) 50) -}}
+{{- fail (printf "serviceAccount.name %s has more than 50 characters: with autoscaling KubeRay clips the head pod's account name to 50 (utils/util.go: CheckName), so the pod would use an account that does not exist" (include "ray-pipeline.serviceAccountName" .)) -}}
+{{- end -}}
 {{- range $name, $group := .Values.workerGroups -}}
 {{- $min := int $group.minReplicas -}}
 {{- $max := int $group.maxReplicas -}}
@@ -305,6 +356,20 @@ Checks JSON Schema cannot express. Each message names the value to fix.
 {{- end -}}
 {{- end -}}
 
+{{/*
+Pod labels KubeRay and the chart select on: (dict "path" "head" "labels" ..). KubeRay lets a
+template override app.kubernetes.io/created-by on the pod, but the head Service keeps selecting
+created-by=kuberay-operator (common/service.go: BuildServiceForHeadPod) and would select nothing.
+*/}}
+{{- define "ray-pipeline.validatePodLabels" -}}
+{{- $path := .path -}}
+{{- range $key, $_ := .labels -}}
+{{- if or (hasPrefix "ray.io/" $key) (has $key (list "app.kubernetes.io/created-by" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component")) -}}
+{{- fail (printf "%s.podLabels.%s is set by KubeRay or the chart (the head Service and the NetworkPolicies select on it); remove it" $path $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* rayStartParams the chart owns: (dict "path" "workerGroups.data" "params" ..) */}}
 {{- define "ray-pipeline.validateRayStartParams" -}}
 {{- $owned := dict
@@ -327,8 +392,8 @@ Checks JSON Schema cannot express. Each message names the value to fix.
 {{- define "ray-pipeline.validateEnv" -}}
 {{- $path := .path -}}
 {{- range $i, $var := .env -}}
-{{- if has $var.name (list "RAY_PIPELINE_CONFIG" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY") -}}
-{{- fail (printf "%s[%d]: %s is set by the chart (config path / s3.credentials); remove it" $path $i $var.name) -}}
+{{- if has $var.name (list "RAY_PIPELINE_CONFIG" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_ENDPOINT_URL_S3") -}}
+{{- fail (printf "%s[%d]: %s is set by the chart (config path / s3.credentials / s3.endpoint); remove it" $path $i $var.name) -}}
 {{- end -}}
 {{- if and (hasKey $var "value") (regexMatch (include "ray-pipeline.credentialPattern" $) $var.name) -}}
 {{- fail (printf "%s[%d]: %s has a literal value; credentials come only from Secrets (valueFrom.secretKeyRef)" $path $i $var.name) -}}
@@ -368,9 +433,25 @@ Checks JSON Schema cannot express. Each message names the value to fix.
       name: {{ include "ray-pipeline.s3SecretName" .root }}
       key: {{ .root.Values.s3.credentials.secretAccessKeyKey }}
 {{- end }}
+{{- with include "ray-pipeline.s3EndpointURL" .root }}
+{{- /* boto3 (Ray downloads s3:// working_dir and py_modules packages with it) reads this. */}}
+- name: AWS_ENDPOINT_URL_S3
+  value: {{ . | quote }}
+{{- end }}
 {{- with .group.env }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* The S3 endpoint as a URL (boto3 needs the scheme): the pipeline's default scheme is https. */}}
+{{- define "ray-pipeline.s3EndpointURL" -}}
+{{- with include "ray-pipeline.s3Endpoint" . -}}
+{{- if contains "://" . -}}
+{{- . -}}
+{{- else -}}
+{{- printf "%s://%s" (default "https" (get (default (dict) $.Values.pipelineConfig.s3) "scheme")) . -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* requests == limits: Ray's CPU, GPU and memory counts come from these. */}}
@@ -405,8 +486,10 @@ metadata:
   {{- end }}
 spec:
   serviceAccountName: {{ include "ray-pipeline.serviceAccountName" $root }}
-  {{- /* Only the autoscaler (a sidecar of the head) talks to the Kubernetes API. */}}
-  automountServiceAccountToken: {{ and .head $root.Values.autoscaling.enabled }}
+  {{- /* No Ray container gets a token: job drivers run user code there. Only the autoscaler
+  sidecar talks to the Kubernetes API, with the projected token below (rayClusterSpec mounts it
+  through autoscalerOptions.volumeMounts). */}}
+  automountServiceAccountToken: false
   {{- if $root.Values.autoscaling.enabled }}
   {{- /* Autoscaler v2 replaces failed Ray pods itself; KubeRay requires Never. */}}
   restartPolicy: Never
@@ -462,6 +545,25 @@ spec:
     - name: pipeline-config
       configMap:
         name: {{ include "ray-pipeline.configMapName" $root }}
+    {{- if and .head $root.Values.autoscaling.enabled }}
+    {{- /* What automounting would give, for the autoscaler container alone. */}}
+    - name: autoscaler-token
+      projected:
+        sources:
+          - serviceAccountToken:
+              path: token
+              expirationSeconds: 3607
+          - configMap:
+              name: kube-root-ca.crt
+              items:
+                - key: ca.crt
+                  path: ca.crt
+          - downwardAPI:
+              items:
+                - path: namespace
+                  fieldRef:
+                    fieldPath: metadata.namespace
+    {{- end }}
     {{- with $group.shmSizeLimit }}
     - name: dshm
       emptyDir:
@@ -491,9 +593,25 @@ The whole RayCluster spec. Included by templates/raycluster.yaml, and meant to b
 `spec.rayClusterSpec` of a RayJob that brings its own cluster, so both stay one definition.
 */}}
 {{- define "ray-pipeline.rayClusterSpec" -}}
+{{- include "ray-pipeline.rayClusterSpecOf" (dict "root" . "groups" (keys .Values.workerGroups)) -}}
+{{- end -}}
+
+{{/*
+The spec with the head and only the named worker groups: (dict "root" $ "groups" (list ..)).
+"longLived" adds what only the release's own RayCluster may have (upgradeStrategy: KubeRay
+refuses it on a RayJob's cluster, utils/validation.go: ValidateRayClusterUpgradeOptions).
+*/}}
+{{- define "ray-pipeline.rayClusterSpecOf" -}}
+{{- $root := .root -}}
+{{- $groups := .groups -}}
+{{- $longLived := .longLived -}}
+{{- with $root -}}
 {{- include "ray-pipeline.validateValues" . -}}
-{{- $root := . -}}
 rayVersion: {{ .Values.ray.version | quote }}
+{{- if and $longLived .Values.upgradeStrategy }}
+upgradeStrategy:
+  type: {{ .Values.upgradeStrategy }}
+{{- end }}
 authOptions:
   {{- if .Values.ray.auth.enabled }}
   mode: token
@@ -514,6 +632,10 @@ autoscalerOptions:
     {{- toYaml .Values.autoscaling.resources | nindent 4 }}
   securityContext:
     {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: autoscaler-token
+      mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+      readOnly: true
 {{- end }}
 headGroupSpec:
   # The dashboard and job API stay inside the cluster: reach them with kubectl port-forward.
@@ -525,6 +647,7 @@ headGroupSpec:
     {{- include "ray-pipeline.rayPodTemplate" (dict "root" $root "group" .Values.head "head" true) | nindent 4 }}
 workerGroupSpecs:
 {{- range $name, $group := .Values.workerGroups }}
+{{- if has $name $groups }}
   - groupName: {{ $name }}
     {{- if not $root.Values.autoscaling.enabled }}
     {{- /* With autoscaling the autoscaler owns replicas; an upgrade must not reset it. */}}
@@ -543,5 +666,7 @@ workerGroupSpecs:
       {{- include "ray-pipeline.rayStartParams" (dict "extra" $group.rayStartParams "owned" (dict)) | nindent 6 }}
     template:
       {{- include "ray-pipeline.rayPodTemplate" (dict "root" $root "group" $group "head" false) | nindent 6 }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}
