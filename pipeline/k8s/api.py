@@ -22,6 +22,7 @@ from pipeline.k8s.rayjob import (
     CHART_NAME,
     GROUP,
     INSTANCE_LABEL,
+    ORIGINATED_FROM_CRD_LABEL,
     PART_OF_LABEL,
     VERSION,
     Target,
@@ -223,7 +224,13 @@ def find_target(
         selector = f"{PART_OF_LABEL}={CHART_NAME}"
         if release:
             selector += f",{INSTANCE_LABEL}={release}"
-        found = api.rayclusters(namespace, selector)
+        # KubeRay copies a RayJob's labels onto the RayCluster it creates for it
+        # (rayjob_controller.go: constructRayClusterForRayJob), so an ephemeral job's cluster
+        # carries the release's labels too; it also marks it as the RayJob's.
+        found = [
+            c for c in api.rayclusters(namespace, selector)
+            if (c["metadata"].get("labels") or {}).get(ORIGINATED_FROM_CRD_LABEL) != "RayJob"
+        ]  # fmt: skip
         names = sorted(c["metadata"]["name"] for c in found)
         if len(found) != 1:
             which = f"of release {release} " if release else ""
@@ -231,7 +238,8 @@ def find_target(
             raise KubernetesError(
                 f"{len(found)} ray-pipeline RayClusters {which}in namespace {namespace}{listed}: "
                 + ("pass --release or --cluster" if found else "install the chart first "
-                   f"(helm install <release> helm/ray-pipeline -n {namespace})")
+                   f"(helm install <release> helm/ray-pipeline -n {namespace}); with "
+                   "rayJobs.mode=ephemeral the release has no long-lived RayCluster to submit to")
             )  # fmt: skip
         obj = found[0]
     target = target_from_cluster(obj)

@@ -56,11 +56,9 @@ def test_dry_run_prints_a_valid_rayjob_and_touches_nothing(capsys, monkeypatch, 
     assert job["metadata"]["namespace"] == "ml"
     assert job["spec"]["clusterSelector"] == {"ray.io/cluster": "rp-ray-pipeline"}
     assert shlex.split(job["spec"]["entrypoint"]) == [
-        "ray-pipeline",
-        "train",
-        "--set",
-        "train.epochs=3",
-    ]
+        "python", "-m", "pipeline.deadline", "86400", "--",  # stops itself at the deadline
+        "ray-pipeline", "train", "--set", "train.epochs=3",
+    ]  # fmt: skip
     assert "backoffLimit" not in job["spec"]  # KubeRay refuses retries with a clusterSelector
     name = job["metadata"]["name"]
     assert name.startswith("digits-cnn-") and len(name) <= 47 and k8s.DNS_1035.match(name)
@@ -87,7 +85,7 @@ def test_dry_run_carries_a_local_config_then_the_overrides(capsys, tmp_path, val
     assert code == 0
     job = yaml.safe_load(out)
     assert validate(job) == []
-    argv = shlex.split(job["spec"]["entrypoint"])
+    argv = shlex.split(job["spec"]["entrypoint"])[5:]
     sets = argv[3::2]
     assert argv[2::2] == ["--set"] * len(sets)
     # The file's leaves first, the command line's --set last (it wins).
@@ -406,3 +404,44 @@ def test_submit_source_needs_no_ray(tmp_path):
 def test_module_docs_name_the_files_they_mirror():
     assert Path(REPO / "k8s" / "argocd" / "rayjob-health.lua").is_file()
     assert "rayjob-health.lua" in (k8s.__doc__ or "")
+
+
+def job_owned_cluster(render) -> dict:
+    """The RayCluster KubeRay creates for the chart's ephemeral train RayJob, built as
+    rayjob_controller.go: constructRayClusterForRayJob builds it: the RayJob's labels copied,
+    plus ray.io/originated-from-cr-name, ray.io/originated-from-crd and the submission mode."""
+    job = render({"rayJobs": {"mode": "ephemeral", "train": {"enabled": True}}}).one("RayJob")
+    labels = {
+        **job["metadata"]["labels"],
+        "ray.io/originated-from-cr-name": job["metadata"]["name"],
+        "ray.io/originated-from-crd": "RayJob",
+        "ray.io/job-submission-mode": job["spec"]["submissionMode"],
+    }
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {
+            "name": f"{job['metadata']['name']}-x7k2q",
+            "namespace": "ml",
+            "labels": labels,
+        },
+        "spec": job["spec"]["rayClusterSpec"],
+    }
+
+
+def test_submit_ignores_a_running_ephemeral_jobs_cluster(api, render, capsys):
+    """While an ephemeral job of the release runs, its cluster carries the release's labels
+    (constructRayClusterForRayJob copies them): submit must still pick the long-lived one."""
+    api.rayclusters.append(job_owned_cluster(render))
+    api.statuses = statuses_then(("Complete", "SUCCEEDED"))
+    code, _, err = cli(capsys, "submit", "--release", "rp", "--no-wait")
+    assert code == 0, err
+    assert created(api)["spec"]["clusterSelector"] == {"ray.io/cluster": "rp-ray-pipeline"}
+
+
+def test_a_release_with_only_job_clusters_has_nothing_to_submit_to(api, render, capsys):
+    api.rayclusters[:] = [job_owned_cluster(render)]
+    code, _, err = cli(capsys, "submit", "--release", "rp")
+    assert code == 2 and err.count("\n") == 1
+    assert "0 ray-pipeline RayClusters of release rp" in err and "ephemeral" in err
+    assert api.rayjobs == {}
