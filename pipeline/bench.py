@@ -208,6 +208,14 @@ def upload(local_root: Path, uri: str, cfg: PipelineConfig) -> None:
         pafs.copy_files(str(p), loc.join(p.name), destination_filesystem=loc.fs)
 
 
+def bench_workload(cfg: PipelineConfig, ds: Dataset):
+    """The image workload of the bench's dataset, checked on its first rows (no Ray)."""
+    from pipeline.datasets import Split
+    from pipeline.preflight import local_workload
+
+    return local_workload(cfg, Split("train", ds.loc, ds.files))
+
+
 def _exists(loc: Location) -> bool:
     return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
 
@@ -241,12 +249,19 @@ def subset(ds: Dataset, rows: int) -> Dataset:
 # --- the four paths ---------------------------------------------------------------------------
 
 
-def _numpy_batch(rb, data) -> dict:
-    """A record batch read with columns [image, label] as the numpy batch preprocessing takes."""
-    return {
-        data.image_column: rb.column(0).to_numpy(zero_copy_only=False),
-        data.label_column: rb.column(1).to_numpy(),
-    }
+def _numpy_batch(rb) -> dict:
+    """A record batch as the numpy batch the pipeline's preprocessing takes."""
+    import pyarrow as pa
+
+    from pipeline.data import to_numpy
+
+    return to_numpy(pa.Table.from_batches([rb]))
+
+
+def _preprocessor(workload, fs):
+    from pipeline.data import Preprocessor
+
+    return Preprocessor(workload.spec, "train", fs, "", None)
 
 
 _LIMIT_BATCHES: list = []  # set before forking the limit's workers (copy-on-write)
@@ -254,34 +269,30 @@ _LIMIT_BATCHES: list = []  # set before forking the limit's workers (copy-on-wri
 
 def _limit_worker(args) -> tuple[int, float]:
     """Preprocess some of the in-memory batches; returns rows and the CPU seconds it took."""
-    from pipeline.data import preprocess_batch
-
-    indices, data = args
-    fs = pafs.LocalFileSystem()
+    indices, workload = args
+    pre = _preprocessor(workload, pafs.LocalFileSystem())
     n, cpu0 = 0, time.process_time()
     for i in indices:
-        out = preprocess_batch(
-            _LIMIT_BATCHES[i], data=data, split="train", fs=fs, uri_prefix="", ledger=None
-        )
-        n += len(out["label"])
+        out = pre.batch(dict(_LIMIT_BATCHES[i]))
+        n += len(out[workload.spec.label_column])
     return n, time.process_time() - cpu0
 
 
-def measure_limit(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
+def measure_limit(ds: Dataset, workload, cpus: int) -> dict:
     """Preprocessing alone: in-memory batches, one forked process per data core."""
     global _LIMIT_BATCHES
-    d = cfg.data
+    spec = workload.spec
     batches = []
     for path in ds.files:
         with ds.loc.fs.open_input_file(path) as f:
-            table = pq.read_table(f, columns=[d.image_column, d.label_column])
-        for rb in table.to_batches(max_chunksize=d.map_batch_size):
-            batches.append(_numpy_batch(rb, d))
+            table = pq.read_table(f, columns=spec.columns)
+        for rb in table.to_batches(max_chunksize=spec.chunk_rows()):
+            batches.append(_numpy_batch(rb))
     _LIMIT_BATCHES = batches
-    shards = [(list(range(i, len(batches), cpus)), d) for i in range(cpus)]
+    shards = [(list(range(i, len(batches), cpus)), workload) for i in range(cpus)]
     ctx = mp.get_context("fork")
     with ctx.Pool(cpus) as pool:
-        pool.map(_limit_worker, [([0], d)] * cpus)  # warm up: imports, first-call costs
+        pool.map(_limit_worker, [([0], workload)] * cpus)  # warm up: imports, first calls
         start = time.perf_counter()
         done = pool.map(_limit_worker, shards)
         seconds = time.perf_counter() - start
@@ -294,13 +305,13 @@ def measure_limit(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
     return {"rows": rows, "seconds": seconds, "data_cores": cpu_s / seconds}
 
 
-def measure_raw_read(ds: Dataset, cfg: PipelineConfig) -> dict:
+def measure_raw_read(ds: Dataset, workload) -> dict:
     """pyarrow reading every file (multi-threaded): the storage ceiling."""
     import pyarrow.dataset as pads
 
     start = time.perf_counter()
     table = pads.dataset(ds.files, filesystem=ds.loc.fs, format="parquet").to_table(
-        columns=[cfg.data.image_column, cfg.data.label_column], use_threads=True
+        columns=workload.spec.columns, use_threads=True
     )
     seconds = time.perf_counter() - start
     return {"rows": table.num_rows, "seconds": seconds}
@@ -310,42 +321,34 @@ class _ParquetStream:
     """A torch IterableDataset: each DataLoader worker reads its share of files row group by
     row group and runs the pipeline's preprocessing, yielding training-sized batches."""
 
-    def __init__(self, ds: Dataset, data, batch_size: int):
-        self.files, self.fs, self.data, self.batch_size = ds.files, ds.loc.fs, data, batch_size
+    def __init__(self, ds: Dataset, workload, batch_size: int):
+        self.files, self.fs, self.batch_size = ds.files, ds.loc.fs, batch_size
+        self.workload = workload
 
     def __iter__(self):
         import torch
         from torch.utils.data import get_worker_info
 
-        from pipeline.data import preprocess_batch
-
         info = get_worker_info()
         files = self.files[info.id :: info.num_workers] if info else self.files
-        d = self.data
+        spec = self.workload.spec
+        pre = _preprocessor(self.workload, self.fs)
         for path in files:
             with self.fs.open_input_file(path) as f:
                 reader = pq.ParquetFile(f)
-                for rb in reader.iter_batches(
-                    batch_size=d.map_batch_size, columns=[d.image_column, d.label_column]
-                ):
-                    out = preprocess_batch(
-                        _numpy_batch(rb, d),
-                        data=d,
-                        split="train",
-                        fs=self.fs,
-                        uri_prefix="",
-                        ledger=None,
-                    )
-                    x, y = torch.from_numpy(out["image"]), torch.from_numpy(out["label"])
+                for rb in reader.iter_batches(batch_size=spec.chunk_rows(), columns=spec.columns):
+                    out = pre.batch(_numpy_batch(rb))
+                    x = torch.from_numpy(out[spec.input_column])
+                    y = torch.from_numpy(out[spec.label_column])
                     for i in range(0, len(y), self.batch_size):
                         yield x[i : i + self.batch_size], y[i : i + self.batch_size]
 
 
-def measure_dataloader(ds: Dataset, cfg: PipelineConfig, cpus: int) -> dict:
+def measure_dataloader(ds: Dataset, workload, cpus: int) -> dict:
     from torch.utils.data import DataLoader, IterableDataset
 
     stream = type("ParquetStream", (_ParquetStream, IterableDataset), {})(
-        ds, cfg.data, cfg.data.batch_size
+        ds, workload, workload.cfg.data.batch_size
     )
     loader = DataLoader(
         stream, batch_size=None, num_workers=cpus, prefetch_factor=4, multiprocessing_context="fork"
@@ -380,11 +383,14 @@ def bench_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from pipeline.model import build_model, build_optimizer
-    from pipeline.train import _batches
+    from pipeline.train.context import torch_dtypes
+    from pipeline.usercode import UserCallable, call_factory
+    from pipeline.workloads.models import BUILTIN, build_optimizer
 
     loop_start = time.time()
-    cfg = PipelineConfig.model_validate(config["config"])
+    workload = config["workload"]
+    cfg = workload.cfg
+    x_col, y_col = workload.spec.input_column, workload.spec.label_column
     # first, as in the training loop: Ray Data's split coordinator starts while the model is
     # built, so a loop with a model waits less for its first batch than one without
     shard_at = time.time()
@@ -392,9 +398,8 @@ def bench_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     model = optimizer = None
     if config.get("model"):
-        model = ray.train.torch.prepare_model(
-            build_model(config["model"], cfg.data.image_shape, cfg.data.num_classes)
-        )
+        factory = UserCallable("--model", BUILTIN[config["model"]])
+        model = ray.train.torch.prepare_model(call_factory(factory, workload.facts))
         optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0, 0)
     epochs = []
     first_batch_at = None
@@ -402,7 +407,17 @@ def bench_loop(config: dict) -> None:
     for _ in range(config["epochs"]):
         rows, wait, first = 0, 0.0, None
         started_at = time.time()
-        batches = iter(_batches(shard, cfg, device, training=True))
+        d = cfg.data
+        batches = iter(
+            shard.iter_torch_batches(
+                batch_size=d.batch_size,
+                prefetch_batches=d.prefetch_batches,
+                device=device,
+                dtypes=torch_dtypes(workload.dtypes["train"]),
+                pin_memory=device.type == "cuda",
+                local_shuffle_buffer_size=d.local_shuffle_buffer or None,
+            )
+        )
         start = time.perf_counter()
         while True:
             t = time.perf_counter()
@@ -413,9 +428,9 @@ def bench_loop(config: dict) -> None:
             if batch is None:
                 break
             first_batch_at = first_batch_at or time.time()
-            rows += len(batch["label"])
+            rows += len(batch[y_col])
             if model is not None:
-                loss = torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])
+                loss = torch.nn.functional.cross_entropy(model(batch[x_col]), batch[y_col])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -453,12 +468,17 @@ def measure_ray(
 
     from pipeline.cluster import warm_up_data_workers
     from pipeline.data import build_dataset
+    from pipeline.datasets import Split
     from pipeline.train import build_trainer
 
     name = f"bench-collector-{time.time_ns()}"
     collector = ray.remote(_Collector).options(name=name, num_cpus=0).remote()
+    workload = bench_workload(cfg, ds)
     train = build_dataset(
-        ds.loc, ds.files, cfg, split="train", selector=cfg.data.placement.selector
+        Split("train", ds.loc, ds.files),
+        workload.spec,
+        cfg.data,
+        selector=cfg.data.placement.selector,
     )
     storage = resolve(str(workdir / "ray-runs"), cfg.s3, "bench storage")
     trainer = build_trainer(
@@ -466,7 +486,12 @@ def measure_ray(
         {"train": train},
         storage,
         loop=bench_loop,
-        extra_loop_config={"collector": name, "model": model, "epochs": epochs},
+        extra_loop_config={
+            "collector": name,
+            "model": model,
+            "epochs": epochs,
+            "workload": workload,
+        },
     )
     warm_up_data_workers(cfg.data.placement.selector)  # as `train` does
     before_spill = spilled_bytes()
@@ -591,6 +616,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                 cfg = without_selectors(cfg)
                 cfg.train.resources_per_worker = {"CPU": 0, "bench_trainer": 1}
         for name, ds in datasets.items():
+            workload = bench_workload(cfg, ds)
             per: dict = {
                 "files": len(ds.files),
                 "rows": ds.rows,
@@ -603,11 +629,11 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                 print(f"bench: {name} {path} ...", flush=True)
                 with ProcessSampler() as mem:
                     if path == "limit":
-                        r = measure_limit(ds, cfg, cpus)
+                        r = measure_limit(ds, workload, cpus)
                     elif path == "raw_read":
-                        r = measure_raw_read(ds, cfg)
+                        r = measure_raw_read(ds, workload)
                     elif path == "dataloader":
-                        r = measure_dataloader(ds, cfg, cpus)
+                        r = measure_dataloader(ds, workload, cpus)
                     else:
                         r = measure_ray(ds, cfg, workdir, model=opts.model, epochs=opts.epochs)
                 r["rows_per_s"] = r["rows"] / r["seconds"]
@@ -641,9 +667,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
 
 def memory_check(ds: Dataset, cfg: PipelineConfig, workdir: Path, opts: BenchOptions) -> dict:
     """The ray path over 1x and 5x the object store's size of (decoded) data."""
-    from pipeline.data import decoded_row_bytes
-
-    decoded_row = decoded_row_bytes(cfg.data)
+    decoded_row = bench_workload(cfg, ds).spec.row_bytes
     store = opts.object_store_mb << 20
     out = {"object_store_bytes": store, "decoded_bytes_per_row": decoded_row}
     for factor in (1, 5):

@@ -47,6 +47,20 @@ def _address(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _user_code(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--working-dir",
+        help="a folder of your code (model, preprocessing, loop) shipped to every Ray node as "
+        "the job's working_dir: through the run's S3 bucket when storage.checkpoint_uri is "
+        "s3://, else uploaded to the cluster by Ray",
+    )
+    p.add_argument(
+        "--pip",
+        help="requirements installed on every Ray node for this job: a requirements file, or "
+        "names separated by commas",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ray-pipeline",
@@ -73,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train on the cluster (resumes a run with checkpoints)")
     _common(p)
     _address(p)
+    _user_code(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="embedded default: local Ray, local files, digits, small CNN")
@@ -129,12 +144,9 @@ def cmd_prepare(args) -> int:
     from pipeline import prepare as prep
 
     cfg = _load(args)
-    out = args.out
+    out = args.out or cfg.data.uri
     if out is None:
-        train_uri = cfg.data.train_uri.rstrip("/")
-        if not train_uri.endswith("/train"):
-            raise PipelineError("--out is required when data.train_uri does not end in /train")
-        out = train_uri[: -len("/train")]
+        raise PipelineError("--out is required when data.uri is not set")
     if args.source == "digits":
         src = prep.digits_source(args.encoding)
     elif args.source == "synthetic":
@@ -180,10 +192,12 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_train(args) -> int:
+    from pipeline.runtime_env import read_pip
     from pipeline.train import run_training
 
     cfg = _load(args)
-    summary = run_training(cfg, args.address)
+    pip = read_pip(args.pip)
+    summary = run_training(cfg, args.address, working_dir=args.working_dir, pip=pip)
     _shutdown_ray()
     _print_summary(summary)
     return 0
@@ -195,8 +209,7 @@ def cmd_demo(args) -> int:
 
     workdir = Path(args.workdir).resolve()
     overrides = [
-        f"data.train_uri={workdir}/digits/train",
-        f"data.validation_uri={workdir}/digits/validation",
+        f"data.uri={workdir}/digits",
         f"storage.checkpoint_uri={workdir}/runs",
         f"storage.run_name=demo-{time.strftime('%Y%m%d-%H%M%S')}",
         *args.overrides,

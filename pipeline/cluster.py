@@ -7,7 +7,7 @@ import os
 import time
 
 from pipeline.config import PipelineConfig, Placement
-from pipeline.errors import ClusterError
+from pipeline.errors import ClusterError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,10 @@ def resolve_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or EMBEDDED
 
 
-def connect(address: str | None, **embedded_options) -> str:
-    """Start or join Ray; returns the address used. ``embedded_options`` (``num_cpus``,
-    ``resources``, ...) go to ``ray.init`` when it starts the embedded Ray."""
+def connect(address: str | None, runtime_env: dict | None = None, **embedded_options) -> str:
+    """Start or join Ray; returns the address used. ``runtime_env`` is the job's (every task
+    and actor gets it); ``embedded_options`` (``num_cpus``, ``resources``, ...) go to
+    ``ray.init`` when it starts the embedded Ray."""
     import ray
 
     address = resolve_address(address)
@@ -39,14 +40,26 @@ def connect(address: str | None, **embedded_options) -> str:
     if address == EMBEDDED:
         for key, value in RAY_NODE_ENV.items():  # read by the raylet that ray.init starts
             os.environ.setdefault(key, value)
-        options = embedded_options
+        options = dict(embedded_options)
+    if runtime_env:
+        options["runtime_env"] = runtime_env
     try:
         ray.init(address=address, logging_level=logging.WARNING, **options)
     except ConnectionError as e:
         raise ClusterError(
             f"cannot connect to Ray at {address} (--address / RAY_ADDRESS): {e}"
         ) from None
+    except ValueError as e:  # Ray refuses a runtime env (size, missing path) with ValueError
+        if not runtime_env:
+            raise
+        raise ConfigError(f"--working-dir / --pip: Ray refused the runtime env: {e}") from None
     return address
+
+
+def data_group_cpus(selector: dict[str, str]) -> int:
+    """CPUs of the alive nodes the data selector matches (all nodes without one)."""
+    nodes = matching_nodes(selector) if selector else _alive_nodes()
+    return int(sum(n.get("Resources", {}).get("CPU", 0) for n in nodes))
 
 
 def without_selectors(cfg: PipelineConfig) -> PipelineConfig:
@@ -146,7 +159,8 @@ def _warm_up_worker() -> int:
     """Import what a read-and-preprocess task imports, so the first epoch's tasks start warm."""
     import importlib
 
-    import pipeline.data  # noqa: F401  (pyarrow, PIL, numpy, the config schema)
+    import pipeline.data  # noqa: F401  (pyarrow, numpy, the config schema)
+    import pipeline.workloads.image  # noqa: F401  (PIL and the decoders)
 
     for module in (
         "pyarrow.dataset",
@@ -186,8 +200,7 @@ def warm_up_data_workers(selector: dict[str, str]) -> list:
     runtime_env = train_runtime_env()
     if not runtime_env:
         return []
-    nodes = matching_nodes(selector) if selector else _alive_nodes()
-    cpus = int(sum(n.get("Resources", {}).get("CPU", 0) for n in nodes))
+    cpus = data_group_cpus(selector)
     options = {"num_cpus": 1, "runtime_env": runtime_env}
     if selector:
         options["label_selector"] = selector

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.usercode import check_import_string, is_import_string
 
 # KubeRay (>= 1.1) labels every Ray node with its group name under this key; the Helm chart
 # names its worker groups `data` and `train`. These defaults are what the chart renders too.
@@ -77,16 +78,50 @@ class Preprocessing(_Section):
         return v
 
 
+IMAGE_COLUMN = "image"  # the model input of image datasets (float32 NCHW)
+FEATURES_COLUMN = "features"  # the model input of tables (float32 N x F)
+
+
 class DataSection(_Section):
-    train_uri: str = "data/digits/train"
-    validation_uri: str = "data/digits/validation"
-    image_column: str = "image"
-    label_column: str = "label"
-    image_encoding: Literal["png", "jpeg", "raw"] = "png"
-    image_shape: tuple[int, int, int] = Field(
-        (8, 8, 1), description="height, width, channels of the decoded image"
+    """Where the data is, what its columns are, and how a batch is preprocessed.
+
+    ``uri`` is a dataset root whose splits are found by file or folder name (``train/``,
+    ``data/train-00000-of-00002.parquet``, ``validation``/``valid``/``val``, ``test``), as
+    Hugging Face lays datasets out; ``train_uri``/``validation_uri`` name a split directly."""
+
+    uri: str | None = "data/digits"
+    train_uri: str | None = None
+    validation_uri: str | None = None
+    image_column: str | None = Field(
+        None,
+        description="binary or struct<bytes, path> column of encoded images; "
+        "default: Hugging Face's Image feature, else a column named image/img",
     )
-    num_classes: int = Field(10, ge=2)
+    label_column: str | None = Field(
+        None, description="default: 'label', else Hugging Face's one ClassLabel column"
+    )
+    feature_columns: list[str] | None = Field(
+        None, description="a table: numeric columns stacked into `features` (float32 N x F)"
+    )
+    columns: list[str] | None = Field(
+        None, description="the columns data.preprocess receives (default: those above)"
+    )
+    preprocess: str | None = Field(
+        None,
+        description="package.module:attr, a function fn(batch, **preprocess_args) or a class "
+        "(instantiated once per data worker); default: the built-in image or table steps",
+    )
+    preprocess_args: dict[str, Any] = Field(default_factory=dict)
+    preprocess_workers: int = Field(
+        0, ge=0, description="actors of a preprocessing class; 0 = one per data-group CPU"
+    )
+    image_encoding: Literal["auto", "png", "jpeg", "raw"] = "auto"
+    image_shape: tuple[int, int, int] | None = Field(
+        None, description="height, width, channels; default: the first image's"
+    )
+    num_classes: int | None = Field(
+        None, ge=2, description="default: Hugging Face's class names, else the largest label + 1"
+    )
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     file_shuffle: bool = True
     shuffle_seed: int | None = None
@@ -106,31 +141,71 @@ class DataSection(_Section):
 
     @field_validator("image_shape")
     @classmethod
-    def _shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+    def _shape(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is None:
+            return v
         h, w, c = v
         if h < 1 or w < 1 or c not in (1, 3):
             raise ValueError("must be [height >= 1, width >= 1, channels 1 or 3]")
         return v
 
-    @field_validator("train_uri", "validation_uri")
+    @field_validator("uri", "train_uri", "validation_uri")
     @classmethod
-    def _uri(cls, v: str) -> str:
-        return check_uri(v)
+    def _uri(cls, v: str | None) -> str | None:
+        return None if v is None else check_uri(v)
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess(cls, v: str | None) -> str | None:
+        return None if v is None else check_import_string(v, "data.preprocess")
+
+    @field_validator("feature_columns")
+    @classmethod
+    def _features(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("name at least one column (or leave it unset for images)")
+        return v
 
     @model_validator(mode="after")
-    def _norm_len(self) -> DataSection:
-        c = self.image_shape[2]
-        for name in ("mean", "std"):
-            values = getattr(self.preprocessing, name)
-            if len(values) not in (1, c):
-                raise ValueError(
-                    f"preprocessing.{name} has {len(values)} values; the image has {c} channel(s)"
-                )
+    def _sources(self) -> DataSection:
+        if self.uri is None and (self.train_uri is None or self.validation_uri is None):
+            raise ValueError(
+                "data.uri: set a dataset root, or both data.train_uri and data.validation_uri"
+            )
+        if self.image_shape is not None:
+            c = self.image_shape[2]
+            for name in ("mean", "std"):
+                values = getattr(self.preprocessing, name)
+                if len(values) not in (1, c):
+                    raise ValueError(
+                        f"preprocessing.{name} has {len(values)} values; the image has "
+                        f"{c} channel(s)"
+                    )
         return self
 
 
+BUILTIN_MODELS = ("simple_cnn", "resnet18", "mlp")
+
+
 class TrainSection(_Section):
-    model: Literal["simple_cnn", "resnet18"] = "simple_cnn"
+    model: str = Field(
+        "simple_cnn",
+        description=f"a built-in model ({', '.join(BUILTIN_MODELS)}) or package.module:attr, "
+        "a factory called with model_args that returns a torch.nn.Module",
+    )
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    task: Literal["classification", "regression"] = "classification"
+    loss: str | None = Field(
+        None, description="package.module:attr, loss(outputs, labels) -> scalar tensor"
+    )
+    loss_args: dict[str, Any] = Field(default_factory=dict)
+    loop: str | None = Field(
+        None, description="package.module:attr, a per-worker loop taking a TrainContext"
+    )
+    loop_args: dict[str, Any] = Field(default_factory=dict)
+    input_column: str | None = Field(
+        None, description="the batch column the model gets; default image, or features"
+    )
     epochs: int = Field(8, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: float = Field(3e-3, gt=0)
@@ -155,6 +230,26 @@ class TrainSection(_Section):
         if v is not None and any(q < 0 for q in v.values()):
             raise ValueError("resource amounts must be >= 0")
         return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v in BUILTIN_MODELS or is_import_string(v):
+            return v
+        raise ValueError(
+            f"train.model: {v!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor "
+            "an import string package.module:attr"
+        )
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str | None) -> str | None:
+        return None if v is None else check_import_string(v, "train.loss")
+
+    @field_validator("loop")
+    @classmethod
+    def _loop(cls, v: str | None) -> str | None:
+        return None if v is None else check_import_string(v, "train.loop")
 
 
 class StorageSection(_Section):

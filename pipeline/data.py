@@ -3,14 +3,19 @@
 ``read_parquet`` and ``map_batches`` both carry the data group's label selector (Ray runs a
 read or map task wherever it fits otherwise), and so does the ``DataConfig`` handed to the
 trainer: Train executes the datasets with its own execution options.
+
+The core knows no workload: a batch of Parquet columns goes through the preprocessing the
+workload names (the built-in image or table steps, or ``data.preprocess``), and the core
+checks what comes out, applies the bad-record policy to the labels and to the records the
+preprocessing could not use, and adds each row's digest.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,121 +23,122 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.config import DataSection, PipelineConfig
-from pipeline.errors import DataError, first_line
-from pipeline.storage import Location, check_bucket, list_files, resolve
-from pipeline.transforms import check_labels, decode_images, preprocess, row_digests
+from pipeline.datasets import Split
+from pipeline.errors import DataError, PipelineError, UserCodeError, first_line
+from pipeline.records import BadRecord, check_labels, row_digests
+from pipeline.usercode import UserCallable
 
 log = logging.getLogger(__name__)
 
 PATH_COLUMN = "path"  # added by read_parquet(include_paths=True): errors name the file
 ROW_DIGEST_COLUMN = "row_digest"  # lets an epoch prove it saw every row exactly once
 LEDGER_NAMESPACE = "ray-pipeline"
+MIN_BLOCK_BYTES = 8 << 20
 
 
 @dataclass
-class FileCheck:
-    """What the pre-flight footer check found in one split."""
+class BatchSpec:
+    """Everything a data task needs to preprocess a batch; built on the driver, picklable."""
 
-    files: list[str]
-    rows: int | None = 0  # None: not counted (data.validate_files=false)
-    skipped_files: dict[str, str] = field(default_factory=dict)  # path -> reason
+    columns: list[str]  # the Parquet columns read
+    digest_columns: list[str]
+    input_column: str
+    label_column: str
+    task: str
+    num_classes: int | None
+    preprocess: UserCallable
+    bad_records: str = "fail"
+    row_bytes: int = 0  # bytes of one preprocessed row (from the pre-flight batch)
+    map_batch_size: int = 512
+    batch_size: int = 64
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def output_block_bytes(self) -> int:
+        """Preprocessed blocks of at least 8 MiB (or a training batch, if larger). Every block
+        costs the executor and the consumer a fixed amount; 8 MiB blocks carried ~1.8x the
+        rows/s of 1 MiB ones for 28x28 images, and still leave the data group within ~0.1 s."""
+        return max(MIN_BLOCK_BYTES, self.batch_size * max(self.row_bytes, 1))
+
+    def chunk_rows(self) -> int:
+        """Rows per preprocessing call: data.map_batch_size, fewer if they would overfill a
+        block."""
+        if self.row_bytes <= 0:
+            return self.map_batch_size
+        return max(1, min(self.map_batch_size, self.output_block_bytes() // self.row_bytes))
 
 
-# --- pre-flight: fail before any cluster work, naming the file, column or field ----------
+# --- Arrow -> numpy --------------------------------------------------------------------------
 
 
-def _check_footer(loc: Location, path: str, data: DataSection) -> tuple[int, str | None]:
-    """Rows in ``path`` and why it cannot be used (None when it can)."""
-    uri = loc.uri_of(path)
-    try:
-        with loc.fs.open_input_file(path) as f:
-            md = pq.ParquetFile(f).metadata
-    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a corrupt footer
-        return 0, f"file {uri} is not a readable Parquet file: {first_line(e)}"
-    schema = md.schema.to_arrow_schema()
-    names = schema.names
-    for col, fld in (
-        (data.image_column, "data.image_column"),
-        (data.label_column, "data.label_column"),
-    ):
-        if col not in names:
-            return md.num_rows, (
-                f"column '{col}' ({fld}) not found in {uri}; its columns are: {', '.join(names)}"
+def _column_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
+    """One column as numpy: encoded images (binary, or Hugging Face's struct<bytes, path>) as
+    an object array of bytes, fixed-size lists of numbers as a 2-D array, numbers as they are."""
+    t = col.type
+    if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:
+        col = pa.chunked_array([c.field("bytes") for c in col.chunks], type=t.field("bytes").type)
+        t = col.type
+    if pa.types.is_fixed_size_list(t) and col.null_count == 0:
+        flat = (
+            np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in col.chunks])
+            if col.num_chunks
+            else np.zeros(0)
+        )
+        return flat.reshape(len(col), t.list_size)
+    return col.to_numpy()
+
+
+def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    return {name: _column_to_numpy(table.column(name)) for name in table.column_names}
+
+
+# --- checking what the preprocessing returns -------------------------------------------------
+
+
+def check_output(
+    out, rows_in: int, spec: BatchSpec
+) -> tuple[dict[str, np.ndarray], list[BadRecord]]:
+    """The preprocessing's result as (columns, bad records), or one line naming the field and
+    the column that is wrong: not a dict, unequal lengths, not numbers, input or label missing."""
+    name = f"data.preprocess ({spec.preprocess.name})"
+    bad: list[BadRecord] = []
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict):
+        out, bad = out
+        bad = [BadRecord(*b) for b in bad]
+    if not isinstance(out, dict):
+        raise UserCodeError(
+            f"{name} returned {type(out).__name__}, expected a dict of numpy arrays keyed by "
+            "column (or (dict, bad_records))"
+        )
+    cols: dict[str, np.ndarray] = {}
+    for key, value in out.items():
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            raise UserCodeError(f"{name}: column '{key}' is a scalar, expected one value per row")
+        if arr.dtype.kind not in "iufb":
+            raise UserCodeError(
+                f"{name}: column '{key}' is {arr.dtype} ({type(value).__name__}); what reaches "
+                "training must be numbers: drop the column or encode it as numbers"
             )
-    itype = schema.field(data.image_column).type
-    if not (pa.types.is_binary(itype) or pa.types.is_large_binary(itype)):
-        return md.num_rows, (
-            f"column '{data.image_column}' (data.image_column) in {uri} is {itype}, "
-            "expected binary (encoded image bytes)"
+        cols[str(key)] = arr
+    lengths = {k: len(v) for k, v in cols.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+        raise UserCodeError(f"{name}: columns have different lengths ({shown})")
+    for col, what, fld in (
+        (spec.input_column, "the model's input", "train.input_column"),
+        (spec.label_column, "the label", "data.label_column"),
+    ):
+        if col not in cols:
+            raise UserCodeError(
+                f"{name} returned no column '{col}' ({what}, {fld}); it returned: "
+                f"{', '.join(cols) or 'nothing'}"
+            )
+    if bad and lengths[spec.label_column] != rows_in:
+        raise UserCodeError(
+            f"{name} reported bad records but returned {lengths[spec.label_column]} rows for "
+            f"{rows_in}: with bad records, return one row per input row"
         )
-    ltype = schema.field(data.label_column).type
-    if not (pa.types.is_integer(ltype) or pa.types.is_floating(ltype)):
-        return md.num_rows, (
-            f"column '{data.label_column}' (data.label_column) in {uri} is {ltype}, "
-            "expected integers"
-        )
-    if data.bad_records == "fail":
-        col_idx = names.index(data.label_column)
-        first_row = 0
-        for g in range(md.num_row_groups):
-            rg = md.row_group(g)
-            stats = rg.column(col_idx).statistics
-            if stats is not None and stats.has_min_max:
-                lo, hi = stats.min, stats.max
-                if lo < 0 or hi >= data.num_classes:
-                    return md.num_rows, (
-                        f"labels {lo:g}..{hi:g} in {uri} "
-                        f"rows {first_row}-{first_row + rg.num_rows - 1} "
-                        f"are outside the classes 0..{data.num_classes - 1} (data.num_classes; "
-                        "data.bad_records=skip skips and counts such rows)"
-                    )
-            first_row += rg.num_rows
-    return md.num_rows, None
-
-
-def check_split(loc: Location, data: DataSection, *, threads: int = 16) -> FileCheck:
-    """List a split's Parquet files and check every footer (in parallel: on S3 each is a GET)."""
-    files = list_files(loc)
-    if not files:
-        raise DataError(f"no Parquet files under {loc.uri} ({loc.field})")
-    if not data.validate_files:
-        return FileCheck(files=files, rows=None)
-    result = FileCheck(files=files)
-    with ThreadPoolExecutor(max_workers=min(threads, len(files))) as pool:
-        checks = list(pool.map(lambda p: _check_footer(loc, p, data), files))
-    good = []
-    for path, (rows, problem) in zip(files, checks, strict=True):
-        if problem is None:
-            good.append(path)
-            result.rows += rows
-        elif data.bad_records == "skip":
-            log.warning("skipping %s", problem)
-            result.skipped_files[loc.uri_of(path)] = problem
-        else:
-            if "data.bad_records" not in problem:
-                problem += " (data.bad_records=skip skips such files)"
-            raise DataError(problem)
-    if not good:
-        raise DataError(f"no usable Parquet files under {loc.uri} ({loc.field})")
-    result.files = good
-    return result
-
-
-@dataclass
-class Splits:
-    train: Location
-    validation: Location
-    train_check: FileCheck
-    validation_check: FileCheck
-
-
-def check_inputs(cfg: PipelineConfig) -> Splits:
-    train = resolve(cfg.data.train_uri, cfg.s3, "data.train_uri")
-    val = resolve(cfg.data.validation_uri, cfg.s3, "data.validation_uri")
-    for loc in (train, val):
-        check_bucket(loc, cfg.s3)
-    return Splits(train, val, check_split(train, cfg.data), check_split(val, cfg.data))
+    return cols, bad
 
 
 # --- the data path --------------------------------------------------------------------------
@@ -200,88 +206,114 @@ def _report_skipped(ledger: str | None, split: str, counts: dict, examples: dict
     ray.get(actor.add.remote(split, counts, examples))  # before the batch is delivered
 
 
-def preprocess_batch(
-    batch: dict[str, np.ndarray],
-    *,
-    data: DataSection,
-    split: str,
-    fs: pafs.FileSystem,
-    uri_prefix: str,
-    ledger: str | None,
-) -> dict[str, np.ndarray]:
-    """One Ray Data batch -> {"image": float32 NCHW, "label": int64, "row_digest": int64},
-    applying the bad-record policy. Runs in a map task on the data group; only the train
-    split is augmented."""
-    encoded = batch[data.image_column]
-    labels, bad = check_labels(batch[data.label_column], data.num_classes)
-    images, bad_images = decode_images(encoded, data.image_encoding, data.image_shape)
-    bad = sorted(bad + bad_images)
-    if bad:
-        paths = batch.get(PATH_COLUMN)
+class Preprocessor:
+    """One split's preprocessing on a data worker: Parquet columns in, checked numeric columns
+    out, bad records handled by policy. A class named in data.preprocess is built once here."""
+
+    def __init__(self, spec: BatchSpec, split: str, fs, uri_prefix: str, ledger: str | None):
+        self.spec, self.split, self.fs, self.uri_prefix, self.ledger = (
+            spec,
+            split,
+            fs,
+            uri_prefix,
+            ledger,
+        )
+        self.fn = spec.preprocess.build(group="data")
+
+    def __call__(self, block: pa.Table) -> Iterator[dict[str, np.ndarray]]:
+        """A whole read block, preprocessed a chunk at a time (``chunk_rows``).
+
+        Taking whole blocks (``batch_size=None``) lets Ray fuse the map into the read task: one
+        operator, so every data core preprocesses, instead of Ray reserving cores for a read
+        operator that has little to do; yielding chunks keeps each output block small."""
+        step = self.spec.chunk_rows()
+        for start in range(0, block.num_rows, step):
+            yield self.batch(to_numpy(block.slice(start, step)))
+
+    def batch(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.spec
+        paths = columns.pop(PATH_COLUMN, None)
+        n = len(columns[spec.columns[0]])
+        digests = row_digests(columns, spec.digest_columns)
+        try:
+            result = self.fn(dict(columns), split=self.split)
+        except PipelineError:
+            raise
+        except Exception as e:
+            where = f" on a batch of {self._file(paths, 0)}" if paths is not None else ""
+            raise UserCodeError(
+                f"data.preprocess ({spec.preprocess.name}) raised{where}: "
+                f"{e.__class__.__name__}: {first_line(e)}"
+            ) from None
+        out, bad = check_output(result, n, spec)
+        try:
+            labels, bad_labels = check_labels(out[spec.label_column], spec.task, spec.num_classes)
+        except TypeError as e:
+            raise UserCodeError(
+                f"data.preprocess ({spec.preprocess.name}): column '{spec.label_column}' "
+                f"(data.label_column): {e}"
+            ) from None
+        out[spec.label_column] = labels
+        rows = len(labels)
+        bad = sorted({b.index: b for b in [*bad_labels, *bad]}.values())
+        if bad:
+            keep = self._handle_bad(bad, columns, paths)
+            out = {k: v[keep] for k, v in out.items()}
+            digests = digests[keep] if rows == n else digests
+        out[ROW_DIGEST_COLUMN] = digests if rows == n else np.zeros(len(labels), np.int64)
+        return out
+
+    def _file(self, paths, i: int) -> str:
+        return f"{self.uri_prefix}{paths[i]}" if paths is not None else "?"
+
+    def _handle_bad(self, bad: list[BadRecord], columns, paths) -> np.ndarray:
+        spec = self.spec
         i, kind, reason = bad[0]
-        path = str(paths[i]) if paths is not None else "?"
-        if data.bad_records == "fail":
-            col = data.label_column if kind == "bad_label" else data.image_column
-            raw = batch[col][i]
-            value = raw.item() if hasattr(raw, "item") else raw
-            row = _locate_row(fs, path, col, value)
+        if spec.bad_records == "fail":
+            col = spec.label_column if kind == "bad_label" else spec.digest_columns[0]
+            row = None
+            if paths is not None and col in columns:
+                raw = columns[col][i]
+                value = raw.item() if hasattr(raw, "item") else raw
+                row = _locate_row(self.fs, str(paths[i]), col, value)
             where = f"row {row}" if row is not None else "a row"
             raise DataError(
-                f"bad record in {uri_prefix}{path}, {where}: {reason} "
+                f"bad record in {self._file(paths, i)}, {where}: {reason} "
                 "(data.bad_records=fail; set data.bad_records=skip to skip and count such rows)"
             )
-        keep = np.ones(len(labels), dtype=bool)
+        keep = np.ones(len(columns[spec.columns[0]]), dtype=bool)
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
         for j, kind, why in bad:
             if keep[j]:
                 keep[j] = False
                 counts[kind] = counts.get(kind, 0) + 1
-                examples.setdefault(
-                    kind, f"{uri_prefix}{paths[j] if paths is not None else '?'}: {why}"
-                )
-        _report_skipped(ledger, split, counts, examples)
-        images, labels, encoded = images[keep], labels[keep], encoded[keep]
-    training = split == "train"
-    rng = np.random.default_rng() if training else None  # fresh entropy: differs every epoch
-    return {
-        "image": preprocess(images, data, training=training, rng=rng),
-        "label": labels,
-        ROW_DIGEST_COLUMN: row_digests(encoded),
-    }
+                examples.setdefault(kind, f"{self._file(paths, j)}: {why}")
+        _report_skipped(self.ledger, self.split, counts, examples)
+        return keep
 
 
-MIN_BLOCK_BYTES = 8 << 20
+_PREPROCESSORS: dict[tuple[str, str], Preprocessor] = {}  # per worker process
 
 
-def decoded_row_bytes(data: DataSection) -> int:
-    h, w, c = data.image_shape
-    return h * w * c * 4 + 16  # float32 image, int64 label and digest
+def preprocess_block(block: pa.Table, **kwargs) -> Iterator[dict[str, np.ndarray]]:
+    """A read task's preprocessing (a function in data.preprocess, or a built-in): the
+    Preprocessor is built once per worker process and split."""
+    key = (kwargs["spec"].token, kwargs["split"])
+    pre = _PREPROCESSORS.get(key)
+    if pre is None:
+        pre = _PREPROCESSORS[key] = Preprocessor(**kwargs)
+    yield from pre(block)
 
 
-def output_block_bytes(data: DataSection) -> int:
-    """Preprocessed blocks of at least 8 MiB (or a training batch, if larger). Every block
-    costs the executor and the consumer a fixed amount; 8 MiB blocks carried ~1.8x the rows/s
-    of 1 MiB ones for 28x28 images, and still leave the data group within ~0.1 s."""
-    return max(MIN_BLOCK_BYTES, data.batch_size * decoded_row_bytes(data))
+class PreprocessActor:
+    """A class in data.preprocess: Ray Data's actor pool, one instance per data worker."""
 
+    def __init__(self, **kwargs):
+        self.pre = Preprocessor(**kwargs)
 
-def chunk_rows(data: DataSection) -> int:
-    """Rows per preprocessing call: data.map_batch_size, fewer if they would overfill a block."""
-    return max(1, min(data.map_batch_size, output_block_bytes(data) // decoded_row_bytes(data)))
-
-
-def preprocess_block(block: dict[str, np.ndarray], **kwargs) -> Iterator[dict[str, np.ndarray]]:
-    """A whole read block, preprocessed a chunk at a time (``chunk_rows``).
-
-    Taking whole blocks (``batch_size=None``) lets Ray fuse the map into the read task: one
-    operator, so every data core decodes, instead of Ray reserving cores for a read operator
-    that has little to do; yielding chunks keeps each output block small."""
-    n = len(block[kwargs["data"].label_column])
-    step = chunk_rows(kwargs["data"])
-    for start in range(0, n, step):
-        chunk = {k: v[start : start + step] for k, v in block.items()}
-        yield preprocess_batch(chunk, **kwargs)
+    def __call__(self, block: pa.Table) -> Iterator[dict[str, np.ndarray]]:
+        yield from self.pre(block)
 
 
 class IdleExecutorBackoff:
@@ -313,18 +345,8 @@ class IdleExecutorBackoff:
         pass
 
 
-def build_dataset(
-    loc: Location,
-    files: list[str],
-    cfg: PipelineConfig,
-    *,
-    split: str,
-    selector: dict[str, str] | None,
-    ledger: str | None = None,
-):
-    """read_parquet -> map_batches(preprocess), both pinned to the data group."""
-    import ray.data
-    from ray.data import DataContext, FileShuffleConfig
+def configure_data_context(spec: BatchSpec) -> None:
+    from ray.data import DataContext
 
     # Ray 2.60's Parquet datasource V2 starts 32 footer-reading actors per execution, i.e. per
     # epoch, scheduled with SPREAD (ignoring the label selector). On a 2-core node that costs
@@ -335,7 +357,7 @@ def build_dataset(
     # Inside Train workers the per-operator bars print as blank lines; the loop prints
     # one line per epoch with rows/s and data wait instead.
     ctx.enable_operator_progress_bars = False
-    ctx.target_max_block_size = output_block_bytes(cfg.data)
+    ctx.target_max_block_size = spec.output_block_bytes()
     if IdleExecutorBackoff not in ctx.custom_execution_callback_classes:
         ctx.custom_execution_callback_classes = [
             *ctx.custom_execution_callback_classes,
@@ -344,51 +366,56 @@ def build_dataset(
     # S3 retries are s3.retry_max_attempts in pyarrow, a bounded window; Ray Data's own layer
     # on top (10 attempts, backoff up to 32 s each) would stretch a lasting outage to minutes.
     ctx.retried_io_errors = []
-    data = cfg.data
+
+
+def build_dataset(
+    split: Split,
+    spec: BatchSpec,
+    data,
+    *,
+    selector: dict[str, str] | None,
+    ledger: str | None = None,
+    actors: int = 1,
+):
+    """read_parquet -> map_batches(preprocessing), both pinned to the data group.
+
+    ``data`` is the config's data section; ``actors`` the pool size when data.preprocess is
+    a class."""
+    import inspect
+
+    import ray.data
+    from ray.data import FileShuffleConfig
+
+    configure_data_context(spec)
     shuffle = None
-    if split == "train" and data.file_shuffle:
+    if split.name == "train" and data.file_shuffle:
         shuffle = (
             FileShuffleConfig(seed=data.shuffle_seed) if data.shuffle_seed is not None else "files"
         )
     placement = {"label_selector": selector} if selector else {}
+    pooled = inspect.isclass(spec.preprocess.target())
     ds = ray.data.read_parquet(
-        files,
-        filesystem=loc.fs,
-        columns=[data.image_column, data.label_column],
+        split.files,
+        filesystem=split.loc.fs,
+        columns=spec.columns,
         shuffle=shuffle,
         include_paths=True,
         # one task per file, not Ray's 128 MiB bin-packing (a small dataset: one task)
-        override_num_blocks=data.read_tasks or len(files),
+        override_num_blocks=data.read_tasks or len(split.files),
+        # with an actor pool the reads only read: let them share the actors' cores
+        **({"num_cpus": 0} if pooled else {}),
         **placement,
     )
-    return ds.map_batches(
-        preprocess_block,
-        batch_size=None,
-        batch_format="numpy",
-        zero_copy_batch=True,
-        fn_kwargs=dict(
-            data=data,
-            split=split,
-            fs=loc.fs,
-            uri_prefix="s3://" if loc.is_s3 else "",
-            ledger=ledger,
-        ),
-        **placement,
-    )
-
-
-def build_train_dataset(splits: Splits, cfg: PipelineConfig, selector, ledger=None):
-    return build_dataset(
-        splits.train, splits.train_check.files, cfg, split="train", selector=selector, ledger=ledger
-    )
-
-
-def build_validation_dataset(splits: Splits, cfg: PipelineConfig, selector, ledger=None):
-    return build_dataset(
-        splits.validation,
-        splits.validation_check.files,
-        cfg,
-        split="validation",
-        selector=selector,
+    kwargs = dict(
+        spec=spec,
+        split=split.name,
+        fs=split.loc.fs,
+        uri_prefix="s3://" if split.loc.is_s3 else "",
         ledger=ledger,
     )
+    common = dict(batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **placement)
+    if pooled:
+        return ds.map_batches(
+            PreprocessActor, fn_constructor_kwargs=kwargs, concurrency=max(1, actors), **common
+        )
+    return ds.map_batches(preprocess_block, fn_kwargs=kwargs, **common)

@@ -26,6 +26,11 @@ class DataError(PipelineError):
     """The dataset does not match the config: files, schema, columns or records."""
 
 
+class UserCodeError(PipelineError):
+    """User code named in the config (model, preprocessing, loss, loop) cannot be imported,
+    built or run as the pipeline calls it."""
+
+
 class ClusterError(PipelineError):
     """The Ray cluster cannot run the job as configured (e.g. no node matches a selector)."""
 

@@ -34,7 +34,7 @@ from pipeline.storage import (
     resolve,
     write_json,
 )
-from pipeline.transforms import encode_image
+from pipeline.workloads.image import encode_image
 
 TARGET_FILE_BYTES = 64 << 20
 TARGET_ROW_GROUP_BYTES = 4 << 20
@@ -321,12 +321,5 @@ def _existing(out: Location, split: str) -> list[str]:
 
 def train_overrides(manifest: dict) -> list[str]:
     """The ``--set`` flags that point training at a prepared dataset."""
-    uri = manifest["uri"]
-    h, w, c = manifest["image_shape"]
-    return [
-        f"data.train_uri={uri}/train",
-        f"data.validation_uri={uri}/validation",
-        f"data.image_shape=[{h},{w},{c}]",
-        f"data.image_encoding={manifest['encoding']}",
-        f"data.num_classes={manifest['num_classes']}",
-    ]
+    # the splits, the image shape and encoding and the classes are read from the files
+    return [f"data.uri={manifest['uri']}"]

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.transforms import epoch_digest, row_digests
+from pipeline.records import epoch_digest, row_digests
 from tests.conftest import FAKE_AWS, ROOT, CliResult, run_cli, write_config
 from tests.faults.netfault import FaultProxy
 
@@ -52,7 +52,7 @@ def faults_data(s3) -> Expected:
     for key in sorted(s3.keys(BUCKET, "synthetic/train/")):
         body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         images += pq.read_table(io.BytesIO(body)).column("image").to_pylist()
-    return Expected(rows=len(images), digest=list(epoch_digest(row_digests(images))))
+    return Expected(rows=len(images), digest=list(epoch_digest(row_digests({"image": images}, ["image"]))))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.transforms import epoch_digest, row_digests
+from pipeline.records import epoch_digest, row_digests
 from tests.conftest import run_cli
 from tests.faults.conftest import BUCKET, Expected, fault_config
 
@@ -83,7 +83,7 @@ def make_dataset(s3, faults_data, prefix: str, *, other_schema: bool, bad_labels
                 {"img": pa.array(images, pa.binary()), "target": pa.array(labels, pa.int64())}
             ),
         )
-    return Expected(rows=len(kept), digest=list(epoch_digest(row_digests(kept))))
+    return Expected(rows=len(kept), digest=list(epoch_digest(row_digests({"image": kept}, ["image"]))))
 
 
 def train_with_policy(ray_cluster, s3, tmp_path, prefix: str, policy: str):

@@ -10,7 +10,10 @@ from pipeline.errors import ConfigError
 
 def test_defaults_are_the_embedded_digits_run_with_chart_group_selectors():
     cfg = load_config()
-    assert cfg.data.image_shape == (8, 8, 1) and cfg.data.num_classes == 10
+    # the dataset root the demo prepares; its image shape and classes are read from the files
+    assert cfg.data.uri == "data/digits" and cfg.data.train_uri is None
+    assert cfg.data.image_shape is None and cfg.data.num_classes is None
+    assert cfg.train.model == "simple_cnn" and cfg.train.task == "classification"
     assert (
         cfg.data.placement.selector
         == {NODE_GROUP_LABEL: DATA_GROUP}
@@ -55,7 +58,18 @@ def test_yaml_file_and_overrides(tmp_path):
         (["storage.checkpoint_uri=s3://"], "storage.checkpoint_uri"),
         (["storage.run_name=has space"], "storage.run_name"),
         (["data.preprocessing.std=[0.0]"], "data.preprocessing.std"),
-        (["data.preprocessing.mean=[0.1,0.2]"], "preprocessing.mean has 2 values"),
+        (
+            ["data.image_shape=[8,8,1]", "data.preprocessing.mean=[0.1,0.2]"],
+            "preprocessing.mean has 2 values",
+        ),
+        (["train.model=mypkg.models"], "train.model: 'mypkg.models' is neither a built-in"),
+        (["train.model=mypkg:"], "train.model"),
+        (["data.preprocess=prep"], "data.preprocess: 'prep' is not an import string"),
+        (["train.loss=torch.nn.MSELoss"], "train.loss: 'torch.nn.MSELoss' is not an import"),
+        (["train.loop=my loop:x"], "train.loop"),
+        (["train.task=ranking"], "train.task"),
+        (["data.feature_columns=[]"], "data.feature_columns"),
+        (["data.uri=null"], "data.uri: set a dataset root"),
         (["data.bad_records=ignore"], "data.bad_records"),
         (["train.resources_per_worker={GPU: -1}"], "train.resources_per_worker"),
         (["train.epochs"], "expected KEY=VALUE"),
@@ -92,3 +106,26 @@ def test_unreadable_and_malformed_files_are_named(tmp_path):
     top.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(top)
+
+
+def test_extension_points_take_import_strings_and_arguments():
+    cfg = load_config(
+        None,
+        [
+            "train.model=mypkg.models:build_mlp",
+            "train.model_args={hidden: [64, 32]}",
+            "train.task=regression",
+            "train.loss=torch.nn:SmoothL1Loss",
+            "train.loop=mypkg.loops:train_loop",
+            "data.preprocess=mypkg.prep:Standardise",
+            "data.preprocess_args={eps: 1.0e-6}",
+            "data.feature_columns=[a, b]",
+            "data.uri=s3://bucket/tables",
+        ],
+    )
+    assert cfg.train.model == "mypkg.models:build_mlp"
+    assert cfg.train.model_args == {"hidden": [64, 32]}
+    assert cfg.train.loss == "torch.nn:SmoothL1Loss" and cfg.train.task == "regression"
+    assert cfg.data.preprocess == "mypkg.prep:Standardise"
+    assert cfg.data.preprocess_args == {"eps": 1e-6}
+    assert cfg.data.feature_columns == ["a", "b"]

@@ -21,7 +21,7 @@ from pipeline.prepare import (
     split_indices,
     synthetic_source,
 )
-from pipeline.transforms import decode_images
+from pipeline.workloads.image import decode_images
 
 
 def read_split(root: Path, split: str):
@@ -91,8 +91,8 @@ def test_row_groups_follow_the_layout(tmp_path):
 def test_synthetic_is_mnist_shaped_and_learnable():
     import torch
 
-    from pipeline.model import build_model
-    from pipeline.transforms import normalise
+    from pipeline.workloads.image import normalise
+    from pipeline.workloads.models import simple_cnn
 
     src = synthetic_source(2400, seed=0)
     assert src.shape == (28, 28, 1) and len(src.images) == 2400
@@ -103,7 +103,7 @@ def test_synthetic_is_mnist_shaped_and_learnable():
     x = torch.from_numpy(normalise(imgs, [0.5], [0.5]))
     y = torch.from_numpy(src.labels)
     torch.manual_seed(0)
-    model = build_model("simple_cnn", (28, 28, 1), 10)
+    model = simple_cnn(in_channels=1, num_classes=10)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(3):
         for i in range(0, 2000, 64):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import Augmentation, load_config
-from pipeline.transforms import (
+from pipeline.config import Augmentation
+from pipeline.records import check_labels
+from pipeline.workloads.image import (
     augment,
-    check_labels,
     decode_images,
     encode_image,
+    infer_image_shape,
     normalise,
     preprocess,
 )
@@ -85,21 +86,61 @@ def test_shift_moves_pixels_by_at_most_max_shift():
     assert len(set(zip(ys, xs, strict=True))) == 9  # every shift happens
 
 
+def _batch(images):
+    return {
+        "img": np.array([encode_image(im, "png") for im in images], dtype=object),
+        "label": np.arange(len(images)),
+    }
+
+
 def test_preprocess_augments_only_in_training(images):
-    data = load_config().data
-    train = preprocess(images, data, training=True, rng=np.random.default_rng(0))
-    val1 = preprocess(images, data, training=False, rng=None)
-    val2 = preprocess(images, data, training=False, rng=None)
-    assert train.shape == val1.shape == (16, 1, 8, 8)
-    np.testing.assert_array_equal(val1, val2)
-    assert not np.array_equal(train, val1)
+    args = dict(image_column="img", label_column="label", image_shape=(8, 8, 1))
+    (train, bad), (val1, _), (val2, _) = (
+        preprocess(_batch(images), split=split, **args)
+        for split in ("train", "validation", "validation")
+    )
+    assert bad == []
+    assert train["image"].shape == val1["image"].shape == (16, 1, 8, 8)
+    np.testing.assert_array_equal(val1["image"], val2["image"])
+    assert not np.array_equal(train["image"], val1["image"])
+    np.testing.assert_array_equal(train["label"], np.arange(16))
+
+
+def test_preprocess_names_images_that_do_not_decode_or_have_another_size(images):
+    batch = _batch(images[:3])
+    batch["img"][1] = b"not an image"
+    batch["img"][2] = encode_image(np.zeros((4, 4, 1), np.uint8), "png")
+    out, bad = preprocess(batch, split="validation", image_column="img", label_column="label",
+                          image_shape=(8, 8, 1))
+    assert [(b.index, b.kind) for b in bad] == [(1, "undecodable_image"), (2, "wrong_image_size")]
+    assert "expected 8x8" in bad[1].reason
+    assert out["image"].shape == (3, 1, 8, 8)
+
+
+def test_auto_encoding_decodes_png_and_jpeg_in_one_batch():
+    ramp = np.linspace(0, 255, 16, dtype=np.uint8)  # smooth: JPEG keeps it close
+    rgb = np.stack([np.stack([ramp[:, None].repeat(16, 1)] * 3, axis=-1)] * 2)
+    encoded = [encode_image(rgb[0], "png"), encode_image(rgb[1], "jpeg")]
+    decoded, bad = decode_images(encoded, "auto", (16, 16, 3))
+    assert bad == []
+    np.testing.assert_array_equal(decoded[0], rgb[0])  # PNG is lossless
+    assert np.abs(decoded[1].astype(int) - rgb[1]).mean() < 20  # JPEG is close
+    assert infer_image_shape(encoded) == (16, 16, 3)
+    assert infer_image_shape([None, encode_image(rgb[0][..., :1], "png")]) == (16, 16, 1)
 
 
 def test_check_labels():
-    labels, bad = check_labels(np.array([0, 9, 10, -1]), 10)
+    labels, bad = check_labels(np.array([0, 9, 10, -1]), "classification", 10)
     assert labels.dtype == np.int64
     assert [b.index for b in bad] == [2, 3] and "outside the classes 0..9" in bad[0].reason
-    labels, bad = check_labels(np.array([1.0, np.nan, 2.5, 3.0]), 10)
+    labels, bad = check_labels(np.array([1.0, np.nan, 2.5, 3.0]), "classification", 10)
     assert [b.index for b in bad] == [1, 2] and list(labels[[0, 3]]) == [1, 3]
-    _, bad = check_labels(np.array([1, None], dtype=object), 10)
+    _, bad = check_labels(np.array([1, None], dtype=object), "classification", 10)
     assert [(b.index, b.reason) for b in bad] == [(1, "label is null")]
+
+
+def test_check_labels_for_regression_keeps_floats_and_names_non_finite_targets():
+    labels, bad = check_labels(np.array([0.5, np.inf, -2.0, np.nan]), "regression", None)
+    assert labels.dtype == np.float32
+    assert [b.index for b in bad] == [1, 3] and "not finite" in bad[0].reason
+    assert list(labels[[0, 2]]) == [0.5, -2.0]

@@ -1,29 +1,26 @@
-"""Preprocessing as pure functions: numpy in, numpy out. Ray runs them on the data group.
+"""The built-in image workload's preprocessing, as pure functions: numpy in, numpy out.
 
 decode -> augment (training only, random per batch, so every epoch differs) -> normalise.
+``preprocess`` is what the pipeline calls on the data group when ``data.preprocess`` is unset;
+it plugs in exactly as a user's preprocessing does (a batch of columns in, columns and the
+records it could not use out). ``decode_images`` and ``normalise`` serve a user's own image
+preprocessing too.
 """
 
 from __future__ import annotations
 
 import io
-import zlib
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from pipeline.config import Augmentation, DataSection
+from pipeline.config import IMAGE_COLUMN, Augmentation
+from pipeline.records import BadRecord
 
 _PIL_MODE = {1: "L", 3: "RGB"}
-
-
-class BadRecord(NamedTuple):
-    """A record that cannot be used: its index in the batch, a kind to count, and why."""
-
-    index: int
-    kind: str  # "bad_label" | "undecodable_image" | "wrong_image_size"
-    reason: str
+PNG_MAGIC, JPEG_MAGIC = b"\x89PNG", b"\xff\xd8"
 
 
 def encode_image(image: np.ndarray, encoding: str) -> bytes:
@@ -69,6 +66,8 @@ def decode_images(
         if b is None:
             bad.append(BadRecord(i, "undecodable_image", "image is null"))
             continue
+        if encoding == "auto":
+            fast = _FAST_DECODERS.get(sniff_encoding(b))
         arr = fast(b, c) if fast is not None else None
         if arr is not None and arr.shape == (h, w, c):
             out[i] = arr
@@ -83,7 +82,8 @@ def decode_images(
                     img = img.convert(mode)
                 arr = np.asarray(img)
         except Exception as e:  # PIL raises many types for corrupt input
-            msg = f"cannot decode {encoding}: {e.__class__.__name__}: {e}"
+            what = "image" if encoding == "auto" else encoding
+            msg = f"cannot decode {what}: {e.__class__.__name__}: {e}"
             bad.append(BadRecord(i, "undecodable_image", msg))
             continue
         out[i] = arr.reshape(h, w, c)
@@ -163,51 +163,46 @@ def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def sniff_encoding(b: bytes) -> str | None:
+    """png or jpeg from the first bytes (Hugging Face image columns mix both)."""
+    if b[:4] == PNG_MAGIC:
+        return "png"
+    if b[:2] == JPEG_MAGIC:
+        return "jpeg"
+    return None
+
+
+def infer_image_shape(encoded: Sequence[bytes | None]) -> tuple[int, int, int] | None:
+    """(height, width, channels) of the first image that opens: 1 channel for grey images,
+    3 for every other mode (the decoder converts palette and alpha images to RGB)."""
+    for b in encoded:
+        if b is None:
+            continue
+        try:
+            with Image.open(io.BytesIO(b)) as img:
+                w, h = img.size
+                return h, w, 1 if img.mode in ("1", "L", "I;16", "I", "F") else 3
+        except Exception:
+            continue
+    return None
+
+
 def preprocess(
-    images: np.ndarray, data: DataSection, *, training: bool, rng: np.random.Generator | None
-) -> np.ndarray:
-    """Decoded uint8 NHWC -> model input float32 NCHW."""
-    pre = data.preprocessing
-    if training and pre.augmentation.enabled:
-        images = augment(images, rng or np.random.default_rng(), pre.augmentation)
-    return normalise(images, pre.mean, pre.std)
-
-
-def check_labels(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, list[BadRecord]]:
-    """Labels as int64 and the records whose label is missing, NaN or outside the classes."""
-    bad: list[BadRecord] = []
-    arr = np.asarray(labels)
-    if arr.dtype.kind == "f":
-        finite = np.isfinite(arr)
-        integral = finite & (np.floor(np.where(finite, arr, 0)) == np.where(finite, arr, 0))
-        for i in np.flatnonzero(~integral):
-            bad.append(BadRecord(int(i), "bad_label", f"label {arr[i]!r} is not an integer class"))
-        out = np.where(integral, arr, -1).astype(np.int64)
-    elif arr.dtype.kind in "iu":
-        out = arr.astype(np.int64)
-    else:  # object: None among ints
-        out = np.array([-1 if v is None else int(v) for v in arr], dtype=np.int64)
-        for i, v in enumerate(arr):
-            if v is None:
-                bad.append(BadRecord(i, "bad_label", "label is null"))
-    already = {b.index for b in bad}
-    for i in np.flatnonzero((out < 0) | (out >= num_classes)):
-        if int(i) not in already:
-            msg = f"label {out[i]} is outside the classes 0..{num_classes - 1}"
-            bad.append(BadRecord(int(i), "bad_label", msg))
-    return out, bad
-
-
-def row_digests(encoded: Sequence[bytes]) -> np.ndarray:
-    """CRC-32 of each record's encoded image, as int64: summed over an epoch, two such sums
-    (see ``epoch_digest``) show whether every row arrived exactly once, whatever the order."""
-    return np.fromiter((zlib.crc32(b) for b in encoded), dtype=np.int64, count=len(encoded))
-
-
-DIGEST_MIX = 0x9E3779B1  # a second, independent sum: (d * MIX) mod 2**32
-
-
-def epoch_digest(digests: np.ndarray) -> tuple[int, int]:
-    """Order-independent digest of a multiset of row digests: (sum d, sum (d*MIX mod 2**32))."""
-    d = np.asarray(digests, dtype=np.int64)
-    return int(d.sum()), int(((d * DIGEST_MIX) & 0xFFFFFFFF).sum())
+    batch: dict[str, np.ndarray],
+    *,
+    split: str,
+    image_column: str,
+    label_column: str,
+    image_shape: Sequence[int],
+    encoding: str = "auto",
+    mean: Sequence[float] = (0.5,),
+    std: Sequence[float] = (0.5,),
+    augmentation: dict[str, Any] | None = None,
+) -> tuple[dict[str, np.ndarray], list[BadRecord]]:
+    """Encoded images -> ``image`` float32 NCHW (augmented in the train split only), the label
+    passed through, and the records that do not decode or have another size."""
+    images, bad = decode_images(batch[image_column], encoding, tuple(image_shape))
+    aug = Augmentation.model_validate(augmentation or {})
+    if split == "train" and aug.enabled:
+        images = augment(images, np.random.default_rng(), aug)  # fresh entropy every batch
+    return {IMAGE_COLUMN: normalise(images, mean, std), label_column: batch[label_column]}, bad

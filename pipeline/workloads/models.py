@@ -1,4 +1,9 @@
-"""Models: a small CNN for digit-sized images and ResNet-18 (plain torch, no torchvision)."""
+"""Built-in models: a small CNN for digit-sized images, ResNet-18 (plain torch, no
+torchvision) and an MLP for tables.
+
+Each is a factory like a user's ``train.model``: the pipeline fills the parameters named
+after dataset facts (``in_channels``, ``image_size``, ``num_classes``, ``num_features``,
+``num_outputs``) that ``train.model_args`` leaves unset."""
 
 from __future__ import annotations
 
@@ -84,13 +89,39 @@ class ResNet18(nn.Module):
         return self.fc(self.body(x))
 
 
-def build_model(name: str, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    h, w, c = image_shape
-    if name == "simple_cnn":
-        return SimpleCNN(c, num_classes)
-    if name == "resnet18":
-        return ResNet18(c, num_classes, min(h, w))
-    raise ValueError(f"unknown model {name!r}")
+class MLP(nn.Module):
+    """Fully connected layers with ReLU and dropout, for a table's feature vector."""
+
+    def __init__(self, num_features: int, num_outputs: int, hidden=(128, 64), dropout=0.1):
+        super().__init__()
+        layers, width = [], num_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, num_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def simple_cnn(in_channels: int, num_classes: int) -> nn.Module:
+    return SimpleCNN(in_channels, num_classes)
+
+
+def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    return ResNet18(in_channels, num_classes, image_size)
+
+
+def mlp(num_features: int, num_outputs: int, hidden=(128, 64), dropout: float = 0.1) -> nn.Module:
+    return MLP(num_features, num_outputs, tuple(hidden), dropout)
+
+
+BUILTIN = {
+    "simple_cnn": "pipeline.workloads.models:simple_cnn",
+    "resnet18": "pipeline.workloads.models:resnet18",
+    "mlp": "pipeline.workloads.models:mlp",
+}
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float):

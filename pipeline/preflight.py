@@ -1,0 +1,277 @@
+"""Before any training: the dataset's files and columns, and the user's code on real data.
+
+``plan`` runs on the driver from listings and footers alone (no Ray): splits, columns, every
+footer, the class count and image shape when the config leaves them unset, and one real
+batch of each split. ``check_user_code`` then runs, within seconds, what training would run
+first: every import string is resolved on the driver, on a data-group node and on a
+train-group node (with the job's runtime env); the preprocessing runs on the real batches on
+the data group and its output is checked; the model's forward and the loss run on that
+output on the train group, on CPU. The dtypes the train workers ask ``iter_torch_batches``
+for are the ones that output has.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import NODE_GROUP_LABEL, PipelineConfig
+from pipeline.data import PATH_COLUMN, ROW_DIGEST_COLUMN, Preprocessor, to_numpy
+from pipeline.datasets import (
+    Split,
+    Splits,
+    check_split,
+    find_splits,
+    first_schema,
+    infer_num_classes,
+    read_sample,
+    resolve_columns,
+)
+from pipeline.errors import (
+    ConfigError,
+    DataError,
+    UserCodeError,
+    find_pipeline_error,
+    first_line,
+)
+from pipeline.usercode import call_factory
+from pipeline.workload import SUPERVISED_LOOP, UserCode, Workload, build_workload, model_facts
+from pipeline.workloads.image import infer_image_shape
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ROWS = 64  # the real batch the preprocessing runs on
+FORWARD_ROWS = 8  # the rows of its output the model's forward gets
+
+
+@dataclass
+class Plan:
+    workload: Workload
+    splits: Splits
+    samples: dict[str, tuple[pa.Table, str]]  # split -> its first rows, and their file
+
+
+def _columns_from_a_readable_file(cfg: PipelineConfig, split: Split):
+    """Columns from the first train file; with bad_records=skip a bad first file is passed
+    over (the footer check then skips it too)."""
+    first_error = None
+    for path in split.files[: 1 if cfg.data.bad_records == "fail" else len(split.files)]:
+        one = Split(split.name, split.loc, [path])
+        try:
+            return resolve_columns(cfg, first_schema(one), split.loc.uri_of(path))
+        except DataError as e:
+            first_error = first_error or e
+    raise first_error
+
+
+def plan(cfg: PipelineConfig, code: UserCode | None = None) -> Plan:
+    """Every check that needs only the files; the config comes back with its dataset facts
+    (classes, image shape) filled in."""
+    splits = find_splits(cfg)
+    cols = _columns_from_a_readable_file(cfg, splits.train)
+    infos = check_split(splits.train, cfg, cols) + check_split(splits.validation, cfg, cols)
+    cfg = cfg.model_copy(deep=True)
+    data = cfg.data
+    if cfg.train.task == "classification" and data.num_classes is None:
+        data.num_classes = infer_num_classes(cols, infos, splits.train.loc.uri)
+        log.info("classes: %d (data.num_classes, from the dataset)", data.num_classes)
+    samples = {
+        s.name: (read_sample(s, cols.read, SAMPLE_ROWS), s.files[0])
+        for s in (splits.train, splits.validation)
+    }
+    builtin_images = (
+        cols.kind == "image"
+        and data.preprocess is None
+        and (code is None or code.preprocess is None)
+    )
+    if builtin_images and data.image_shape is None:
+        encoded = to_numpy(samples["train"][0].select([cols.image]))[cols.image]
+        shape = infer_image_shape(encoded)
+        if shape is None:
+            raise DataError(
+                f"no image in the first rows of {splits.train.loc.uri_of(splits.train.files[0])} "
+                f"column '{cols.image}' opens: set data.image_shape and data.image_encoding"
+            )
+        data.image_shape = shape
+        log.info("images: %dx%dx%d (data.image_shape, from the first image)", *shape)
+    if builtin_images:
+        c = data.image_shape[2]
+        for name in ("mean", "std"):
+            if len(getattr(data.preprocessing, name)) not in (1, c):
+                raise ConfigError(
+                    f"data.preprocessing.{name} has {len(getattr(data.preprocessing, name))} "
+                    f"values; the images have {c} channel(s)"
+                )
+    return Plan(build_workload(cfg, cols, code), splits, samples)
+
+
+# --- user code on real data, where it runs --------------------------------------------------
+
+
+def _describe(arr: np.ndarray) -> str:
+    return f"{arr.dtype} {list(arr.shape)}"
+
+
+def _data_side(workload: Workload, samples: dict, fs_by_split: dict, prefixes: dict) -> dict:
+    """On a data-group node: build the preprocessing as a data worker does and run it on
+    each split's real batch. Returns each split's output dtypes and shapes, and a few rows."""
+    out = {}
+    for split, table in samples.items():
+        pre = Preprocessor(workload.spec, split, fs_by_split[split], prefixes[split], None)
+        table, path = table
+        cols = to_numpy(table)
+        cols[PATH_COLUMN] = np.array([path] * len(table), dtype=object)
+        batch = pre.batch(cols)
+        batch.pop(ROW_DIGEST_COLUMN)
+        n = len(batch[workload.spec.label_column])
+        if not n:
+            raise DataError(f"every row of the first batch of the {split} split is a bad record")
+        out[split] = {
+            "dtypes": {k: str(v.dtype) for k, v in batch.items()},
+            "shapes": {k: list(v.shape) for k, v in batch.items()},
+            "row_bytes": int(sum(v.nbytes for v in batch.values()) // n) + 8,
+            "rows": {k: v[:FORWARD_ROWS] for k, v in batch.items()},
+        }
+    return out
+
+
+def default_loss(task: str):
+    import torch.nn.functional as F
+
+    if task == "regression":
+
+        def mse(outputs, labels):
+            if outputs.dim() == 2 and outputs.shape[1] == 1 and labels.dim() == 1:
+                outputs = outputs.squeeze(1)
+            return F.mse_loss(outputs.float(), labels.float())
+
+        return mse
+
+    def cross_entropy(outputs, labels):
+        return F.cross_entropy(outputs.float(), labels)
+
+    return cross_entropy
+
+
+def _train_side(workload: Workload, rows: dict[str, np.ndarray], run_forward: bool) -> None:
+    """On a train-group node: resolve the model, loss and loop as a train worker does, then
+    run the forward and the loss on the preprocessed rows, on CPU."""
+    import torch
+
+    for ref in (workload.model, workload.loop, workload.loss):
+        if ref is not None:
+            ref.target("train")
+    if not run_forward:
+        return
+    spec = workload.spec
+    model = call_factory(workload.model, workload.facts, "train")
+    if not isinstance(model, torch.nn.Module):
+        raise UserCodeError(
+            f"train.model: {workload.model.name}(...) returned {type(model).__name__}, "
+            "expected a torch.nn.Module"
+        )
+    x = torch.from_numpy(np.ascontiguousarray(rows[spec.input_column]))
+    y = torch.from_numpy(np.ascontiguousarray(rows[spec.label_column]))
+    model.train(len(x) > 1)  # BatchNorm cannot train on one row
+    try:
+        outputs = model(x)
+    except Exception as e:
+        raise UserCodeError(
+            f"train.model ({workload.model.name}): forward failed on the first batch (input "
+            f"'{spec.input_column}' {_describe(rows[spec.input_column])}): "
+            f"{e.__class__.__name__}: {first_line(e)}"
+        ) from None
+    loss_fn = workload.loss.build("train") if workload.loss else default_loss(spec.task)
+    field_name = f"train.loss ({workload.loss.name})" if workload.loss else "train.task"
+    try:
+        loss = loss_fn(outputs, y)
+    except Exception as e:
+        out_shape = list(outputs.shape) if hasattr(outputs, "shape") else type(outputs).__name__
+        raise UserCodeError(
+            f"{field_name}: the loss failed on the model's output {out_shape} and labels "
+            f"{_describe(rows[spec.label_column])}: {e.__class__.__name__}: {first_line(e)}"
+        ) from None
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise UserCodeError(
+            f"{field_name} returned {shape}, expected a scalar tensor (reduce it, e.g. .mean())"
+        )
+
+
+def learn_from_output(workload: Workload, result: dict) -> Workload:
+    """Fill in what the preprocessing's output on real batches says: each split's dtypes, the
+    bytes of a preprocessed row and the model factory's facts."""
+    spec = workload.spec
+    train = result["train"]
+    workload.dtypes = {k: v["dtypes"] for k, v in result.items()}
+    spec.row_bytes = train["row_bytes"]
+    workload.facts = model_facts(
+        workload.cfg,
+        tuple(train["shapes"][spec.input_column]),
+        tuple(train["shapes"][spec.label_column]),
+    )
+    return workload
+
+
+def local_workload(cfg: PipelineConfig, split: Split) -> Workload:
+    """The workload of a config on one split's files, checked in this process (no Ray): what
+    the bench preprocesses outside Ray. The config's dataset facts must be set."""
+    cols = _columns_from_a_readable_file(cfg, split)
+    workload = build_workload(cfg, cols)
+    sample = (read_sample(split, cols.read, SAMPLE_ROWS), split.files[0])
+    prefix = "s3://" if split.loc.is_s3 else ""
+    result = _data_side(workload, {"train": sample}, {"train": split.loc.fs}, {"train": prefix})
+    result["validation"] = result["train"]
+    return learn_from_output(workload, result)
+
+
+def _group(cfg_selector: dict[str, str], default: str) -> str:
+    return cfg_selector.get(NODE_GROUP_LABEL, default) if cfg_selector else default
+
+
+def check_user_code(p: Plan) -> Workload:
+    """Resolve and run the workload's code on the driver, a data node and a train node; fill
+    in the dtypes, row size and model facts it learns. Raises one line on the first problem."""
+    import ray
+
+    workload = p.workload
+    cfg = workload.cfg
+    for ref in workload.user_callables():
+        ref.target("driver")
+    splits = {"train": p.splits.train, "validation": p.splits.validation}
+    data_sel = dict(cfg.data.placement.selector)
+    train_sel = dict(cfg.train.placement.selector)
+    data_task = ray.remote(_data_side).options(
+        num_cpus=0, **({"label_selector": data_sel} if data_sel else {})
+    )
+    train_task = ray.remote(_train_side).options(
+        num_cpus=0, **({"label_selector": train_sel} if train_sel else {})
+    )
+    try:
+        result = ray.get(
+            data_task.remote(
+                workload,
+                p.samples,
+                {k: s.loc.fs for k, s in splits.items()},
+                {k: "s3://" if s.loc.is_s3 else "" for k, s in splits.items()},
+            )
+        )
+        learn_from_output(workload, result)
+        # a user's loop may build its own model: the forward runs when train.model is used
+        run_forward = workload.loop.spec == SUPERVISED_LOOP or workload.model_is_users()
+        ray.get(train_task.remote(workload, result["train"]["rows"], run_forward))
+    except Exception as e:
+        cause = find_pipeline_error(e)
+        if cause is not None:
+            raise cause from None
+        raise
+    _log_columns(workload, _group(data_sel, "data"))
+    return workload
+
+
+def _log_columns(workload: Workload, group: str) -> None:
+    shown = ", ".join(f"{k} {v}" for k, v in workload.dtypes["train"].items())
+    log.info("preprocessing checked on the %s group: a batch has %s", group, shown)

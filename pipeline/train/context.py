@@ -1,0 +1,291 @@
+"""What a training loop gets from the pipeline on every train worker: ``TrainContext``.
+
+A loop (the built-in ``supervised_loop``, or ``train.loop``) is written the way Ray Train's
+tutorial writes one; the context hands it the pieces the pipeline owns::
+
+    def my_loop(ctx):
+        model = ctx.prepare_model(ctx.build_model())        # or any nn.Module
+        opt = torch.optim.Adam(model.parameters())
+        state = ctx.restore()                               # None on a fresh run
+        if state:
+            model.module_or_self().load_state_dict(...)
+        for epoch in ctx.epochs:                            # resumes where the run stopped
+            for batch in ctx.train_batches():               # this worker's shard, on device
+                ...
+            ctx.report({"val_accuracy": acc}, state={"model": ..., "optimizer": ...})
+
+``report`` adds rows/s, data-wait and exactly-once figures to the epoch's metrics, saves the
+state with the run's history as the epoch's checkpoint (the next run resumes from it) and
+reports to Ray Train; the driver writes ``summary.json`` from that history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipeline.config import PipelineConfig
+from pipeline.data import LEDGER_NAMESPACE, ROW_DIGEST_COLUMN
+from pipeline.records import DIGEST_MIX
+from pipeline.usercode import call_factory
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"  # per-epoch metrics, beside state.pt: summaries read only this
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+def torch_dtypes(dtypes: dict[str, str]) -> dict[str, torch.dtype]:
+    """The preprocessing's numpy dtypes as torch's (every column named, as Ray requires)."""
+    out = {k: _TORCH_DTYPES.get(v, torch.float32) for k, v in dtypes.items()}
+    out[ROW_DIGEST_COLUMN] = torch.int64
+    return out
+
+
+def _reduce(values: list[float], op: str) -> list[float]:
+    """All-reduce a few numbers across train workers (no-op for one worker)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=backend_device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _reduce_int(t) -> list[int]:
+    """Exact all-reduce (sum) of an int64 tensor across train workers."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
+class _EpochStats:
+    """Rows, data wait and digest of the training batches of one epoch on this worker."""
+
+    def __init__(self, device):
+        self.device = device
+        self.rows = 0
+        self.wait = 0.0
+        self.first_batch_s: float | None = None
+        self.started: float | None = None
+        self.digest = torch.zeros(2, device=device, dtype=torch.int64)
+
+
+class TrainContext:
+    """The pipeline's side of a training loop, on one train worker."""
+
+    def __init__(self, loop_config: dict):
+        workload = loop_config["workload"]
+        self.workload = workload
+        self.config: PipelineConfig = workload.cfg
+        self.args: dict[str, Any] = dict(workload.loop.args)
+        # Request the shards first: get_dataset_shard creates Ray Data's split coordinator (a
+        # new process), whose start-up then overlaps the model build; execution begins at the
+        # first batch request.
+        self._train_shard = ray.train.get_dataset_shard("train")
+        self._val_shard = ray.train.get_dataset_shard("validation")
+        context = ray.train.get_context()
+        self.rank: int = context.get_world_rank()
+        self.world_size: int = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.input_column: str = workload.spec.input_column
+        self.label_column: str = workload.spec.label_column
+        self.task: str = workload.spec.task
+        self.facts: dict[str, Any] = dict(workload.facts)
+        torch.manual_seed(self.config.train.seed)
+        self._checkpoint = ray.train.get_checkpoint()  # set when resuming
+        self._state: dict | None = None
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        if self._checkpoint is not None:
+            self._state = self._load_state()
+            self.start_epoch = int(self._state.get("epoch", 0))
+            self.history = list(self._state.get("history", []))
+            if self.rank == 0:
+                log.info("resuming from epoch %d (%s)", self.start_epoch, self._checkpoint.path)
+        self.epoch = self.start_epoch  # epochs finished so far
+        self._stats = _EpochStats(self.device)
+        self._ledger = _ledger(loop_config.get("ledger")) if self.rank == 0 else None
+        self._reset_ledger()
+
+    # --- what a loop uses -------------------------------------------------------------------
+
+    @property
+    def epochs(self) -> range:
+        """The epochs still to train: from the checkpoint's epoch (0 on a fresh run) up to
+        train.epochs, 0-based."""
+        return range(self.start_epoch, self.config.train.epochs)
+
+    def build_model(self) -> torch.nn.Module:
+        """train.model with train.model_args, plus the dataset facts its factory takes."""
+        return call_factory(self.workload.model, self.facts, "train")
+
+    def build_loss(self):
+        """train.loss (built with train.loss_args), else the task's: cross-entropy or MSE."""
+        from pipeline.preflight import default_loss
+
+        if self.workload.loss is not None:
+            return self.workload.loss.build("train")
+        return default_loss(self.task)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """To this worker's device, wrapped in DistributedDataParallel with several workers."""
+        return ray.train.torch.prepare_model(model)
+
+    def restore(self) -> dict | None:
+        """The ``state`` given to the latest ``report``, on CPU; None on a fresh run."""
+        return self._state
+
+    def train_batches(self, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """This worker's shard of the train split for one epoch, shuffled, as tensors on the
+        device with the preprocessing's dtypes; the time spent waiting for each batch counts as
+        data wait."""
+        d = self.config.data
+        kwargs: dict[str, Any] = {}
+        if d.local_shuffle_buffer > 0:
+            kwargs["local_shuffle_buffer_size"] = d.local_shuffle_buffer
+            if d.shuffle_seed is not None:
+                kwargs["local_shuffle_seed"] = d.shuffle_seed
+        batches = self._iter(self._train_shard, "train", batch_size or d.batch_size, **kwargs)
+        stats = self._stats
+        if stats.started is None:
+            stats.started = time.perf_counter()
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            waited = time.perf_counter() - t
+            stats.wait += waited
+            if stats.first_batch_s is None:
+                stats.first_batch_s = waited
+            if batch is None:
+                return
+            digest = batch.pop(ROW_DIGEST_COLUMN)
+            stats.digest += torch.stack([digest.sum(), ((digest * DIGEST_MIX) & 0xFFFFFFFF).sum()])
+            stats.rows += len(digest)
+            yield batch
+
+    def validation_batches(self, batch_size: int | None = None):
+        """The whole validation split (every worker sees all of it), as tensors on the device."""
+        for batch in self._iter(
+            self._val_shard, "validation", batch_size or self.config.data.validation_batch_size
+        ):
+            batch.pop(ROW_DIGEST_COLUMN)
+            yield batch
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> dict:
+        """End an epoch: every worker calls it. Adds the epoch's data figures to ``metrics``,
+        saves ``state`` (rank 0's) with the history as the epoch's checkpoint, and reports to
+        Ray Train. Returns the metrics as recorded."""
+        stats = self._stats
+        elapsed = time.perf_counter() - stats.started if stats.started is not None else 0.0
+        total_rows, wait_sum = _reduce([stats.rows, stats.wait], "sum")
+        digest = _reduce_int(stats.digest)
+        (max_elapsed,) = _reduce([elapsed], "max")
+        record: dict[str, Any] = {"epoch": self.epoch + 1}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        record.update(
+            {
+                "train_rows": int(total_rows),
+                "epoch_s": max_elapsed,
+                "rows_per_s": total_rows / max(max_elapsed, 1e-9),
+                "data_wait_fraction": (wait_sum / self.world_size) / max(max_elapsed, 1e-9),
+                "first_batch_s": stats.first_batch_s or 0.0,
+                "train_digest": digest,
+            }
+        )
+        checkpoint = None
+        with tempfile.TemporaryDirectory() as d:
+            if self.rank == 0:
+                if self._ledger is not None:
+                    record["skipped_records"] = ray.get(self._ledger.snapshot.remote())["counts"]
+                self.history.append(record)
+                saved = {**(state or {}), "epoch": self.epoch + 1, "history": self.history}
+                torch.save(saved, os.path.join(d, STATE_FILE))
+                with open(os.path.join(d, HISTORY_FILE), "w") as f:
+                    json.dump(self.history, f)
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+                log.info(format_epoch(record, self.config.train.epochs))
+            ray.train.report(
+                record, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{self.epoch + 1:04d}"
+            )
+        self.epoch += 1
+        self._stats = _EpochStats(self.device)
+        self._reset_ledger()
+        return record
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _iter(self, shard, split: str, batch_size: int, **kwargs):
+        return iter(
+            shard.iter_torch_batches(
+                batch_size=batch_size,
+                prefetch_batches=self.config.data.prefetch_batches,
+                device=self.device,
+                dtypes=torch_dtypes(self.workload.dtypes[split]),  # every column must be named
+                pin_memory=self.device.type == "cuda",
+                **kwargs,
+            )
+        )
+
+    def _load_state(self) -> dict:
+        with self._checkpoint.as_directory() as d:
+            return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+
+    def _reset_ledger(self) -> None:
+        if self._ledger is not None:
+            ray.get(self._ledger.reset.remote())  # count skipped records per epoch
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+def _ledger(name: str | None):
+    if not name:
+        return None
+    try:
+        return ray.get_actor(name, namespace=LEDGER_NAMESPACE)
+    except ValueError:
+        return None
+
+
+def format_epoch(m: dict, epochs: int) -> str:
+    """One line per finished epoch: the loss and validation metrics reported, then the data
+    figures."""
+    shown = [
+        f"{k}={v:.4f}"
+        for k, v in m.items()
+        if (k == "train_loss" or k.startswith("val_"))
+        and isinstance(v, int | float)
+        and k != "val_rows"
+    ]
+    return (
+        f"epoch {m['epoch']}/{epochs}: {' '.join(shown)} "
+        f"rows/s={m['rows_per_s']:.0f} data_wait={100 * m['data_wait_fraction']:.1f}% "
+        f"({m['epoch_s']:.1f}s)"
+    ).replace("  ", " ")

@@ -1,0 +1,135 @@
+"""What a run trains: the config and the user's code turned into the pieces that run.
+
+A workload is the preprocessing (``data.preprocess``, or the built-in image or table steps),
+the model (``train.model``), the loss (``train.loss``, or the task's), and the loop
+(``train.loop``, or the built-in supervised loop). Built-ins are named by import string like a
+user's, so both take the same path through the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import PipelineConfig
+from pipeline.data import BatchSpec
+from pipeline.datasets import Columns
+from pipeline.usercode import UserCallable
+from pipeline.workloads.models import BUILTIN as BUILTIN_MODELS
+
+IMAGE_PREPROCESS = "pipeline.workloads.image:preprocess"
+TABLE_PREPROCESS = "pipeline.workloads.table:stack_features"
+SUPERVISED_LOOP = "pipeline.train.loop:supervised_loop"
+
+
+@dataclass
+class UserCode:
+    """Objects given from Python (``pipeline.run``) in place of the config's import strings."""
+
+    model: Any = None
+    preprocess: Any = None
+    loss: Any = None
+    loop: Any = None
+
+
+@dataclass
+class Workload:
+    """The resolved run: what every data task and train worker is handed."""
+
+    cfg: PipelineConfig
+    columns: Columns
+    spec: BatchSpec
+    model: UserCallable
+    loss: UserCallable | None
+    loop: UserCallable
+    facts: dict[str, Any] = field(default_factory=dict)  # filled into model factories
+    dtypes: dict[str, dict[str, str]] = field(default_factory=dict)  # split -> column -> dtype
+
+    def model_is_users(self) -> bool:
+        return self.model.obj is not None or self.cfg.train.model not in BUILTIN_MODELS
+
+    def user_callables(self) -> list[UserCallable]:
+        """Every extension point that names user code (to resolve in the pre-flight)."""
+        out = [self.spec.preprocess, self.model, self.loop]
+        if self.loss is not None:
+            out.append(self.loss)
+        return out
+
+
+def preprocess_callable(cfg: PipelineConfig, cols: Columns, code: UserCode) -> UserCallable:
+    data = cfg.data
+    if code.preprocess is not None or data.preprocess is not None:
+        return UserCallable(
+            "data.preprocess", data.preprocess, code.preprocess, dict(data.preprocess_args)
+        )
+    if cols.kind == "table":
+        return UserCallable(
+            "data.preprocess",
+            TABLE_PREPROCESS,
+            args={"feature_columns": list(cols.features), "label_column": cols.label},
+        )
+    pre = data.preprocessing
+    return UserCallable(
+        "data.preprocess",
+        IMAGE_PREPROCESS,
+        args={
+            "image_column": cols.image,
+            "label_column": cols.label,
+            "image_shape": list(data.image_shape),
+            "encoding": data.image_encoding,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "augmentation": pre.augmentation.model_dump(),
+        },
+    )
+
+
+def build_workload(cfg: PipelineConfig, cols: Columns, code: UserCode | None = None) -> Workload:
+    """The workload of a config whose dataset facts (image shape, classes) are filled in."""
+    code = code or UserCode()
+    tr = cfg.train
+    model_spec = BUILTIN_MODELS.get(tr.model, tr.model)
+    model = UserCallable(
+        "train.model",
+        None if code.model is not None else model_spec,
+        code.model,
+        dict(tr.model_args),
+    )
+    loss = None
+    if code.loss is not None or tr.loss is not None:
+        loss = UserCallable("train.loss", tr.loss, code.loss, dict(tr.loss_args))
+    if code.loop is not None or tr.loop is not None:
+        loop = UserCallable("train.loop", tr.loop, code.loop, dict(tr.loop_args))
+    else:
+        loop = UserCallable("train.loop", SUPERVISED_LOOP)
+    digest = [cols.image] if cols.image else list(cols.read)
+    spec = BatchSpec(
+        columns=list(cols.read),
+        digest_columns=digest,
+        input_column=cols.input,
+        label_column=cols.label,
+        task=tr.task,
+        num_classes=cfg.data.num_classes if tr.task == "classification" else None,
+        preprocess=preprocess_callable(cfg, cols, code),
+        bad_records=cfg.data.bad_records,
+        map_batch_size=cfg.data.map_batch_size,
+        batch_size=cfg.data.batch_size,
+    )
+    return Workload(cfg=cfg, columns=cols, spec=spec, model=model, loss=loss, loop=loop)
+
+
+def model_facts(cfg: PipelineConfig, input_shape: tuple[int, ...], label_shape: tuple[int, ...]):
+    """What a model factory may take from the data: the input's shape after preprocessing,
+    the classes (or the regression target's width)."""
+    facts: dict[str, Any] = {"input_shape": tuple(input_shape[1:])}
+    if len(input_shape) == 2:
+        facts["num_features"] = int(input_shape[1])
+    if len(input_shape) == 4:  # N C H W
+        facts["in_channels"] = int(input_shape[1])
+        facts["image_size"] = int(min(input_shape[2], input_shape[3]))
+    if cfg.train.task == "classification":
+        facts["num_classes"] = cfg.data.num_classes
+        facts["num_outputs"] = cfg.data.num_classes
+    else:
+        facts["num_outputs"] = int(label_shape[1]) if len(label_shape) == 2 else 1
+    return facts
