@@ -86,6 +86,10 @@ class KubeApi:
         cfg.retries = 0
         logging.getLogger("urllib3").setLevel(logging.ERROR)
         self.host = cfg.host
+        # What a plain HTTP client needs to go through the API server (the dashboard proxy).
+        token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+        self.auth_headers = {"Authorization": token} if token else {}
+        self.verify: str | bool = cfg.ssl_ca_cert or bool(cfg.verify_ssl)
         api = client.ApiClient(cfg)
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
@@ -183,6 +187,25 @@ class KubeApi:
             f"namespace {namespace} not found (create it, or pass --namespace)",
         )
 
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, decoded; None when it is missing or not readable."""
+        import base64
+
+        try:
+            with self._calls(f"Secret {name}"):
+                secret = self.core.read_namespaced_secret(
+                    name, namespace, _request_timeout=self.TIMEOUT_S
+                )
+        except (NotFound, Forbidden):
+            return None
+        value = (secret.data or {}).get(key)
+        return base64.b64decode(value).decode() if value else None
+
+    def service_proxy_url(self, namespace: str, service: str, port: int | str) -> str:
+        """The API server's proxy to a Service port (it authenticates the caller and strips
+        the Authorization header before forwarding)."""
+        return f"{self.host}/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy"
+
     def rayjob(self, namespace: str, name: str) -> dict[str, Any]:
         return self._get(
             lambda: self.custom.get_namespaced_custom_object(
@@ -248,9 +271,9 @@ def find_target(
     return target
 
 
-def cluster_config(api: KubeApi, target: Target, overrides: list[str]) -> str | None:
-    """Validate the config the job will see (the cluster's mounted config plus the overrides);
-    its run name, or None when the ConfigMap cannot be read (the driver then checks it)."""
+def cluster_config(api: KubeApi, target: Target, overrides: list[str]) -> Any:
+    """The config the job will see (the cluster's mounted config plus the overrides), validated;
+    None when the ConfigMap cannot be read (the driver then checks it)."""
     if not target.config_map:
         return None
     name, key = target.config_map
@@ -267,5 +290,4 @@ def cluster_config(api: KubeApi, target: Target, overrides: list[str]) -> str | 
         return None
     for item in overrides:
         apply_override(tree, *parse_override(item))
-    cfg = validate_config(tree, f"ConfigMap {name} with your overrides")
-    return cfg.storage.run_name
+    return validate_config(tree, f"ConfigMap {name} with your overrides")

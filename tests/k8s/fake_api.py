@@ -28,6 +28,10 @@ class FakeCluster:
     # The statuses a new RayJob goes through, one per GET; the last one stays.
     statuses: list[dict[str, Any]] = field(default_factory=list)
     rayjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # The API server's Service proxy: "<namespace>/<service>:<port>" -> the URL it forwards to
+    # (a real local Ray dashboard in the deadline tests), and the headers each proxied call had.
+    services: dict[str, str] = field(default_factory=dict)
+    proxied: list[dict[str, str]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     _reads: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -77,6 +81,10 @@ class _Handler(BaseHTTPRequestHandler):
         c.requests.append((method, path))
         if c.forbidden:
             return 403, _status(403, f'{path} is forbidden: User "dev" cannot get it', "Forbidden")
+        if m := re.fullmatch(r"/api/v1/namespaces/([^/]+)/services/([^/]+)/proxy(/.*)?", path):
+            return self._proxy(
+                f"{m[1]}/{m[2]}", (m[3] or "/") + (f"?{url.query}" if url.query else "")
+            )
         if m := re.fullmatch(r"/api/v1/namespaces/([^/]+)", path):
             if m[1] in c.namespaces:
                 return 200, {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": m[1]}}
@@ -129,6 +137,32 @@ class _Handler(BaseHTTPRequestHandler):
             if obj["metadata"]["name"] == name:
                 return 200, obj
         return 404, _status(404, f'{plural} "{name}" not found', "NotFound")
+
+    def _proxy(self, service: str, rest: str) -> tuple[int, Any]:
+        """Forward to the service as kube-apiserver does: the caller's Authorization header is
+        consumed by the API server's authentication and not passed on; the rest is."""
+        import urllib.error
+        import urllib.request
+
+        upstream = self.cluster.services.get(service)
+        if upstream is None:
+            return 503, _status(503, f'no endpoints available for service "{service}"', "")
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in ("host", "authorization", "content-length")
+        }
+        self.cluster.proxied.append(dict(self.headers.items()))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        request = urllib.request.Request(
+            upstream + rest, data=body, headers=headers, method=self.command
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def do_GET(self) -> None:  # noqa: N802
         self._send(*self._route("GET"))
