@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", help="imagefolder: resize every image to HxW, e.g. 64x64")
     p.add_argument("--validation-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--layout",
+        choices=["folders", "huggingface"],
+        default="folders",
+        help="folders: train/part-N.parquet; huggingface: data/train-N-of-M.parquet with an "
+        "Image struct column and class names, as Hugging Face's datasets writes them",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing Parquet files")
     p.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if missing")
     p.set_defaults(func=cmd_prepare)
@@ -165,6 +172,7 @@ def cmd_prepare(args) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         create_bucket=args.create_bucket,
+        huggingface=args.layout == "huggingface",
     )
     s = manifest["splits"]
     print(

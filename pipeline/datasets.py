@@ -173,6 +173,7 @@ class Columns:
     features: list[str] | None = None
     class_names: list[str] | None = None
     input: str = IMAGE_COLUMN
+    user_preprocess: bool = False  # the labels may need it to become numbers
 
 
 def _find_image_column(schema: pa.Schema, features: dict) -> str | None:
@@ -197,12 +198,15 @@ def _find_label_column(schema: pa.Schema, features: dict) -> str | None:
     return labels[0] if len(labels) == 1 else None
 
 
-def resolve_columns(cfg: PipelineConfig, schema: pa.Schema, uri: str) -> Columns:
+def resolve_columns(
+    cfg: PipelineConfig, schema: pa.Schema, uri: str, user_preprocess: bool = False
+) -> Columns:
     """The columns to read, from the config and the first train file's schema; one line
     naming the field when a column the config names (or needs) is not there."""
     data = cfg.data
     names = schema.names
     features = hf_features(schema)
+    user_preprocess = user_preprocess or data.preprocess is not None
 
     def need(col: str, field_name: str) -> str:
         if col not in names:
@@ -236,7 +240,7 @@ def resolve_columns(cfg: PipelineConfig, schema: pa.Schema, uri: str) -> Columns
         if image is not None:
             need(image, "data.image_column")
             cols = Columns("image", [image, label], label, image=image)
-        elif data.preprocess is not None:
+        elif user_preprocess:
             cols = Columns("custom", [n for n in names if n != label] + [label], label)
         else:
             raise DataError(
@@ -249,6 +253,7 @@ def resolve_columns(cfg: PipelineConfig, schema: pa.Schema, uri: str) -> Columns
             need(col, "data.columns")
         cols.read = [c for c in data.columns if c != label] + [label]
     cols.class_names = class_names
+    cols.user_preprocess = user_preprocess
     if cfg.train.input_column:
         cols.input = cfg.train.input_column
     return cols
@@ -302,7 +307,7 @@ def check_footer(loc: Location, path: str, cfg: PipelineConfig, cols: Columns) -
                 f"column '{col}' (data.feature_columns) in {uri} is {t}, expected numbers",
             )
     ltype = schema.field(cols.label).type
-    builtin = data.preprocess is None
+    builtin = not cols.user_preprocess
     if builtin and not is_numeric_type(ltype):
         expected = "integers" if cfg.train.task == "classification" else "numbers"
         return FileInfo(

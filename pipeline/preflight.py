@@ -54,14 +54,15 @@ class Plan:
     samples: dict[str, tuple[pa.Table, str]]  # split -> its first rows, and their file
 
 
-def _columns_from_a_readable_file(cfg: PipelineConfig, split: Split):
+def _columns_from_a_readable_file(cfg: PipelineConfig, split: Split, user_preprocess=False):
     """Columns from the first train file; with bad_records=skip a bad first file is passed
     over (the footer check then skips it too)."""
     first_error = None
     for path in split.files[: 1 if cfg.data.bad_records == "fail" else len(split.files)]:
         one = Split(split.name, split.loc, [path])
         try:
-            return resolve_columns(cfg, first_schema(one), split.loc.uri_of(path))
+            schema = first_schema(one)
+            return resolve_columns(cfg, schema, split.loc.uri_of(path), user_preprocess)
         except DataError as e:
             first_error = first_error or e
     raise first_error
@@ -71,7 +72,8 @@ def plan(cfg: PipelineConfig, code: UserCode | None = None) -> Plan:
     """Every check that needs only the files; the config comes back with its dataset facts
     (classes, image shape) filled in."""
     splits = find_splits(cfg)
-    cols = _columns_from_a_readable_file(cfg, splits.train)
+    user_preprocess = code is not None and code.preprocess is not None
+    cols = _columns_from_a_readable_file(cfg, splits.train, user_preprocess)
     infos = check_split(splits.train, cfg, cols) + check_split(splits.validation, cfg, cols)
     cfg = cfg.model_copy(deep=True)
     data = cfg.data

@@ -216,13 +216,32 @@ def split_indices(
     return train_idx, val_idx
 
 
-def _schema(src: Source) -> pa.Schema:
+HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def _schema(src: Source, huggingface: bool = False) -> pa.Schema:
     meta = {
         "ray_pipeline": json.dumps(
             {"encoding": src.encoding, "image_shape": list(src.shape), "classes": src.classes}
         )
     }
+    if huggingface:  # what `datasets` writes: an Image feature and a ClassLabel with names
+        features = {
+            "image": {"_type": "Image"},
+            "label": {"names": src.classes, "_type": "ClassLabel"},
+        }
+        meta["huggingface"] = json.dumps({"info": {"features": features}})
+        return pa.schema([("image", HF_IMAGE), ("label", pa.int64())], metadata=meta)
     return pa.schema([("image", pa.binary()), ("label", pa.int64())], metadata=meta)
+
+
+def _image_array(imgs: list[bytes], start: int, huggingface: bool, ext: str = "png") -> pa.Array:
+    if not huggingface:
+        return pa.array(imgs, type=pa.binary())
+    paths = pa.array([f"{start + i:06d}.{ext}" for i in range(len(imgs))], type=pa.string())
+    return pa.StructArray.from_arrays(
+        [pa.array(imgs, type=pa.binary()), paths], fields=list(HF_IMAGE)
+    )
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -231,23 +250,35 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def write_split(
-    src: Source, indices: np.ndarray, out: Location, split: str, layout: Layout | None = None
+    src: Source,
+    indices: np.ndarray,
+    out: Location,
+    split: str,
+    layout: Layout | None = None,
+    huggingface: bool = False,
 ) -> dict:
-    schema = _schema(src)
+    """One split as Parquet: ``<split>/part-NNNNN.parquet``, or Hugging Face's
+    ``data/<split>-NNNNN-of-MMMMM.parquet`` with an Image struct column."""
+    schema = _schema(src, huggingface)
     imgs = [src.images[i] for i in indices]
     labels = src.labels[indices]
     bytes_per_row = (sum(len(b) for b in imgs) / max(len(imgs), 1)) + 8
     layout = layout or choose_layout(len(imgs), bytes_per_row)
-    directory = out.join(split)
+    directory = out.join("data" if huggingface else split)
     if not out.is_s3:
         os.makedirs(directory, exist_ok=True)
     files = []
-    for n, (a, b) in enumerate(_chunks(len(imgs), layout.rows_per_file)):
+    chunks = list(_chunks(len(imgs), layout.rows_per_file))
+    for n, (a, b) in enumerate(chunks):
         table = pa.Table.from_arrays(
-            [pa.array(imgs[a:b], type=pa.binary()), pa.array(labels[a:b], type=pa.int64())],
+            [
+                _image_array(imgs[a:b], a, huggingface, src.encoding),
+                pa.array(labels[a:b], type=pa.int64()),
+            ],
             schema=schema,
         )
-        path = f"{directory}/part-{n:05d}.parquet"
+        name = f"{split}-{n:05d}-of-{len(chunks):05d}" if huggingface else f"part-{n:05d}"
+        path = f"{directory}/{name}.parquet"
         try:
             pq.write_table(
                 table,
@@ -281,15 +312,17 @@ def prepare(
     overwrite: bool = False,
     create_bucket: bool = False,
     layout: Layout | None = None,
+    huggingface: bool = False,
 ) -> dict:
-    """Split ``src`` and write both splits under ``out_uri``; returns the manifest."""
+    """Split ``src`` and write both splits under ``out_uri``; returns the manifest.
+    ``huggingface``: Hugging Face's layout and column types (as `datasets` writes Parquet)."""
     out = resolve(out_uri, s3, "output", create_bucket=create_bucket)
     check_bucket(out, s3, create=create_bucket)
     for split in ("train", "validation"):
-        existing = _existing(out, split)
+        existing = _existing(out, split, huggingface)
         if existing and not overwrite:
             raise StorageError(
-                f"{out.uri_of(out.join(split))} already holds {len(existing)} Parquet file(s); "
+                f"{out.uri} already holds {len(existing)} Parquet file(s) of the {split} split; "
                 "pass --overwrite to replace them"
             )
         for path in existing:
@@ -302,10 +335,11 @@ def prepare(
         "classes": src.classes,
         "num_classes": len(src.classes),
         "seed": seed,
+        "layout": "huggingface" if huggingface else "folders",
         **src.extra,
         "splits": {
-            "train": write_split(src, train_idx, out, "train", layout),
-            "validation": write_split(src, val_idx, out, "validation", layout),
+            "train": write_split(src, train_idx, out, "train", layout, huggingface),
+            "validation": write_split(src, val_idx, out, "validation", layout, huggingface),
         },
     }
     write_json(out, "_manifest.json", manifest)
@@ -313,9 +347,12 @@ def prepare(
     return manifest
 
 
-def _existing(out: Location, split: str) -> list[str]:
+def _existing(out: Location, split: str, huggingface: bool = False) -> list[str]:
     """The split's Parquet files already there (none where the folder does not exist); a
     listing that fails is an error, never an empty folder whose files could be replaced."""
+    if huggingface:
+        files = list_files(Location(out.uri, out.fs, out.join("data"), "output"), missing_ok=True)
+        return [f for f in files if os.path.basename(f).startswith(f"{split}-")]
     return list_files(Location(out.uri, out.fs, out.join(split), "output"), missing_ok=True)
 
 

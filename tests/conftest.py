@@ -76,17 +76,22 @@ def s3():
 
 
 @contextlib.contextmanager
-def _node_group(name: str):
-    """KubeRay sets RAY_NODE_TYPE_NAME in each pod; Ray turns it into ray.io/node-group."""
-    old = os.environ.get("RAY_NODE_TYPE_NAME")
-    os.environ["RAY_NODE_TYPE_NAME"] = name
+def _env(key: str, value: str):
+    """``key=value`` in this process's environment (what processes started now inherit)."""
+    old = os.environ.get(key)
+    os.environ[key] = value
     try:
         yield
     finally:
         if old is None:
-            del os.environ["RAY_NODE_TYPE_NAME"]
+            del os.environ[key]
         else:
-            os.environ["RAY_NODE_TYPE_NAME"] = old
+            os.environ[key] = old
+
+
+def _node_group(name: str):
+    """KubeRay sets RAY_NODE_TYPE_NAME in each pod; Ray turns it into ray.io/node-group."""
+    return _env("RAY_NODE_TYPE_NAME", name)
 
 
 @dataclass
@@ -95,12 +100,13 @@ class RayCluster:
     cluster: object
     node_ids: dict[str, str]  # group name -> node id
     nodes: dict[str, object]  # worker group name -> cluster_utils node
+    s3_endpoint: str
 
     def replace_node(self, group: str) -> str:
         """Remove the group's node (as when its pod is deleted) and add a new one in its place."""
 
         self.cluster.remove_node(self.nodes[group])
-        with _node_group(group):
+        with _node_group(group), _env("AWS_ENDPOINT_URL_S3", self.s3_endpoint):
             self.nodes[group] = self.cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
         self.node_ids[group] = self.nodes[group].node_id
         return self.node_ids[group]
@@ -117,11 +123,13 @@ def ray_cluster(s3):
     from pipeline.cluster import RAY_NODE_ENV
 
     os.environ.update(RAY_NODE_ENV)  # what the chart sets on every Ray pod
-    with _node_group("headgroup"):
+    # The chart sets the S3 endpoint on every Ray container: Ray's runtime-env agent downloads
+    # an s3:// working_dir with boto3, which reads it. Only the nodes get it, not this process.
+    with _node_group("headgroup"), _env("AWS_ENDPOINT_URL_S3", s3.endpoint):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = {}
     for group in ("data", "train"):
-        with _node_group(group):
+        with _node_group(group), _env("AWS_ENDPOINT_URL_S3", s3.endpoint):
             nodes[group] = cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
     ray.init(address=cluster.address)
     ids = {}
@@ -131,7 +139,9 @@ def ray_cluster(s3):
             ids[group] = n["NodeID"]
     ray.shutdown()
     assert set(ids) == {"headgroup", "data", "train"}, ids
-    yield RayCluster(address=cluster.address, cluster=cluster, node_ids=ids, nodes=nodes)
+    yield RayCluster(
+        address=cluster.address, cluster=cluster, node_ids=ids, nodes=nodes, s3_endpoint=s3.endpoint
+    )
     cluster.shutdown()
 
 

@@ -268,6 +268,7 @@ def run_training(
             "wall_s": round(time.monotonic() - started, 2),
             "train_rows_in_dataset": p.splits.train.rows,
             "class_names": workload.columns.class_names,
+            "runtime_env": runtime_env or None,
             "bad_records": {  # rows skipped in one pass over each split (the last epoch)
                 "skipped_rows": history[-1].get("skipped_records", {}) if history else {},
                 "skipped_files": skipped_files,

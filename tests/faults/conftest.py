@@ -82,8 +82,17 @@ def fault_config(tmp_path: Path, endpoint: str, run: str, **overrides) -> Path:
 class TrainRun:
     """`ray-pipeline train` running in the background, as a RayJob's driver would."""
 
-    def __init__(self, ray_cluster, config: Path, s3, run: str):
-        self.s3, self.run = s3, run
+    def __init__(
+        self,
+        ray_cluster,
+        config: Path,
+        s3,
+        run: str,
+        *extra_args: str,
+        bucket: str = BUCKET,
+        prefix: str = "checkpoints",
+    ):
+        self.s3, self.run, self.bucket, self.prefix = s3, run, bucket, prefix
         self.args = [
             sys.executable,
             "-m",
@@ -93,6 +102,7 @@ class TrainRun:
             ray_cluster.address,
             "--config",
             str(config),
+            *extra_args,
         ]
         self.proc: subprocess.Popen | None = None
         self.start_time = 0.0
@@ -113,9 +123,9 @@ class TrainRun:
 
     def snapshot(self) -> dict | None:
         """Ray Train's record of the run's checkpoints (what a resume restores)."""
-        key = f"checkpoints/{self.run}/checkpoint_manager_snapshot.json"
+        key = f"{self.prefix}/{self.run}/checkpoint_manager_snapshot.json"
         try:
-            body = self.s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            body = self.s3.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception:
             return None
         return json.loads(body)
