@@ -1,0 +1,1 @@
+"""A user's own training loop, written the way Ray Train's tutorial writes one."""
