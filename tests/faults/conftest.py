@@ -52,7 +52,9 @@ def faults_data(s3) -> Expected:
     for key in sorted(s3.keys(BUCKET, "synthetic/train/")):
         body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         images += pq.read_table(io.BytesIO(body)).column("image").to_pylist()
-    return Expected(rows=len(images), digest=list(epoch_digest(row_digests({"image": images}, ["image"]))))
+    return Expected(
+        rows=len(images), digest=list(epoch_digest(row_digests({"image": images}, ["image"])))
+    )
 
 
 @pytest.fixture

@@ -83,7 +83,9 @@ def make_dataset(s3, faults_data, prefix: str, *, other_schema: bool, bad_labels
                 {"img": pa.array(images, pa.binary()), "target": pa.array(labels, pa.int64())}
             ),
         )
-    return Expected(rows=len(kept), digest=list(epoch_digest(row_digests({"image": kept}, ["image"]))))
+    return Expected(
+        rows=len(kept), digest=list(epoch_digest(row_digests({"image": kept}, ["image"])))
+    )
 
 
 def train_with_policy(ray_cluster, s3, tmp_path, prefix: str, policy: str):

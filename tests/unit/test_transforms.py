@@ -110,8 +110,9 @@ def test_preprocess_names_images_that_do_not_decode_or_have_another_size(images)
     batch = _batch(images[:3])
     batch["img"][1] = b"not an image"
     batch["img"][2] = encode_image(np.zeros((4, 4, 1), np.uint8), "png")
-    out, bad = preprocess(batch, split="validation", image_column="img", label_column="label",
-                          image_shape=(8, 8, 1))
+    out, bad = preprocess(
+        batch, split="validation", image_column="img", label_column="label", image_shape=(8, 8, 1)
+    )
     assert [(b.index, b.kind) for b in bad] == [(1, "undecodable_image"), (2, "wrong_image_size")]
     assert "expected 8x8" in bad[1].reason
     assert out["image"].shape == (3, 1, 8, 8)

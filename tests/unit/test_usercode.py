@@ -42,7 +42,8 @@ def userpkg(tmp_path, monkeypatch):
 
             def double(batch, factor=2.0, split=None):
                 x = np.stack([batch["a"], batch["b"]], 1).astype(np.float32) * factor
-                return {"features": x, "label": batch["label"], "split": np.full(len(x), split == "train")}
+                is_train = np.full(len(x), split == "train")
+                return {"features": x, "label": batch["label"], "split": is_train}
 
             def as_list(batch):
                 return [batch["a"]]
