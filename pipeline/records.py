@@ -66,6 +66,8 @@ def check_labels(
 
 def _row_bytes(col: np.ndarray):
     """Each row of a column as bytes: binary values as they are, numbers as float64."""
+    if not isinstance(col, np.ndarray):  # a list of bytes: never numpy's fixed-width bytes
+        col = np.array(col, dtype=object)
     if col.dtype.kind in "iufb":
         flat = np.ascontiguousarray(col.reshape(len(col), -1), dtype=np.float64)
         return (row.tobytes() for row in flat)
