@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -37,6 +36,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set train.epochs=5 (repeatable)",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show everything Ray and its workers print (hidden by default)",
+    )
 
 
 def _address(p: argparse.ArgumentParser) -> None:
@@ -142,9 +147,49 @@ def _load(args) -> PipelineConfig:
     return load_config(args.config, args.overrides)
 
 
+TASK_METRIC = {"classification": "val_accuracy", "regression": "val_mae"}
+
+
+def compact_summary(summary: dict) -> dict:
+    """The last line of a run: its headline figures and where the rest is (summary.json keeps
+    the per-epoch history)."""
+    metric = TASK_METRIC.get(summary.get("task"), "val_accuracy")
+    out = {"run_name": summary.get("run_name"), "epochs": summary.get("epochs")}
+    metrics = summary.get("metrics") or {}
+    if summary.get(metric) is not None or metric in metrics:
+        out[metric] = metrics.get(metric, summary.get(metric))
+    else:  # a user's loop that reports other figures: all of its validation ones
+        out.update({k: v for k, v in metrics.items() if k.startswith("val_")})
+    for key in ("rows_per_s", "data_wait_fraction", "wall_s", "checkpoint", "summary_uri"):
+        out[key] = summary.get(key)
+    return out
+
+
+def _human_lines(summary: dict, compact: dict) -> list[str]:
+    shown = [
+        f"{k} {v:.4f}" for k, v in compact.items() if k.startswith("val_") and v is not None
+    ] or ["no validation metric reported"]
+    wait = summary.get("data_wait_fraction") or 0.0
+    lines = [
+        f"done: {', '.join(shown)} after {summary.get('epochs')} epochs in "
+        f"{summary.get('wall_s', 0):.0f}s ({summary.get('rows_per_s', 0):,.0f} rows/s, "
+        f"data wait {100 * wait:.0f}%)",
+    ]
+    skipped = (summary.get("bad_records") or {}).get("skipped_rows") or {}
+    total = sum(sum(v.values()) for v in skipped.values() if isinstance(v, dict))
+    if total:
+        lines.append(f"skipped records in the last epoch: {total} (see summary.json)")
+    lines.append(f"checkpoint: {summary.get('checkpoint')}")
+    lines.append(f"summary:    {summary.get('summary_uri')}")
+    return lines
+
+
 def _print_summary(summary: dict) -> None:
+    compact = compact_summary(summary)
+    for line in _human_lines(summary, compact):
+        print(line, file=sys.stderr)
     sys.stderr.flush()
-    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+    print(json.dumps(compact, sort_keys=True, default=str), flush=True)
 
 
 def cmd_prepare(args) -> int:
@@ -275,11 +320,10 @@ def _shutdown_ray() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline import console
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    console.setup(verbose=getattr(args, "verbose", False), debug=getattr(args, "debug", False))
     try:
         return args.func(args)
     except PipelineError as e:

@@ -43,8 +43,14 @@ def connect(address: str | None, runtime_env: dict | None = None, **embedded_opt
         options = dict(embedded_options)
     if runtime_env:
         options["runtime_env"] = runtime_env
+    from pipeline.console import quiet, quiet_ray
+
+    # quiet: the workers' output (Ray Data's plans, Train's chatter) stays in their log files
+    # under the session dir; the loop reports to the driver through pipeline.console
+    options.setdefault("log_to_driver", not quiet())
+    level = logging.ERROR if quiet() else logging.WARNING
     try:
-        ray.init(address=address, logging_level=logging.WARNING, **options)
+        ray.init(address=address, logging_level=level, **options)
     except ConnectionError as e:
         raise ClusterError(
             f"cannot connect to Ray at {address} (--address / RAY_ADDRESS): {e}"
@@ -53,6 +59,7 @@ def connect(address: str | None, runtime_env: dict | None = None, **embedded_opt
         if not runtime_env:
             raise
         raise ConfigError(f"--working-dir / --pip: Ray refused the runtime env: {e}") from None
+    quiet_ray()
     return address
 
 

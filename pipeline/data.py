@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline import metrics
 from pipeline.datasets import Split
 from pipeline.errors import DataError, PipelineError, UserCodeError, first_line
 from pipeline.records import BadRecord, check_labels, row_digests
@@ -51,6 +52,7 @@ class BatchSpec:
     row_bytes: int = 0  # bytes of one preprocessed row (from the pre-flight batch)
     map_batch_size: int = 512
     batch_size: int = 64
+    run_name: str = ""  # the metrics' `run` tag
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def output_block_bytes(self) -> int:
@@ -261,6 +263,12 @@ class Preprocessor:
             out = {k: v[keep] for k, v in out.items()}
             digests = digests[keep] if rows == n else digests
         out[ROW_DIGEST_COLUMN] = digests if rows == n else np.zeros(len(labels), np.int64)
+        metrics.add(
+            "pipeline_preprocessed_rows_total",
+            len(out[ROW_DIGEST_COLUMN]),
+            run=spec.run_name,
+            split=self.split,
+        )
         return out
 
     def _file(self, paths, i: int) -> str:
@@ -290,6 +298,14 @@ class Preprocessor:
                 counts[kind] = counts.get(kind, 0) + 1
                 examples.setdefault(kind, f"{self._file(paths, j)}: {why}")
         _report_skipped(self.ledger, self.split, counts, examples)
+        for kind, count in counts.items():
+            metrics.add(
+                "pipeline_skipped_records_total",
+                count,
+                run=spec.run_name,
+                split=self.split,
+                kind=kind,
+            )
         return keep
 
 
@@ -347,6 +363,10 @@ class IdleExecutorBackoff:
 
 def configure_data_context(spec: BatchSpec) -> None:
     from ray.data import DataContext
+
+    from pipeline.console import quiet_ray
+
+    quiet_ray()  # importing ray.data configured its loggers
 
     # Ray 2.60's Parquet datasource V2 starts 32 footer-reading actors per execution, i.e. per
     # epoch, scheduled with SPREAD (ignoring the label selector). On a 2-core node that costs

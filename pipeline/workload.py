@@ -114,6 +114,7 @@ def build_workload(cfg: PipelineConfig, cols: Columns, code: UserCode | None = N
         bad_records=cfg.data.bad_records,
         map_batch_size=cfg.data.map_batch_size,
         batch_size=cfg.data.batch_size,
+        run_name=cfg.storage.run_name,
     )
     return Workload(cfg=cfg, columns=cols, spec=spec, model=model, loss=loss, loop=loop)
 

@@ -71,6 +71,7 @@ def s3():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    _S3_ENDPOINT.append(f"http://127.0.0.1:{port}")
     yield S3(endpoint=f"http://127.0.0.1:{port}", server=server)
     server.stop()
 
@@ -123,6 +124,9 @@ def ray_cluster(s3):
     from pipeline.cluster import RAY_NODE_ENV
 
     os.environ.update(RAY_NODE_ENV)  # what the chart sets on every Ray pod
+    # metrics reach each node's Prometheus endpoint every 2 s instead of 10 (tests/integration/
+    # test_metrics.py scrapes them during a run of a few seconds)
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
     # The chart sets the S3 endpoint on every Ray container: Ray's runtime-env agent downloads
     # an s3:// working_dir with boto3, which reads it. Only the nodes get it, not this process.
     with _node_group("headgroup"), _env("AWS_ENDPOINT_URL_S3", s3.endpoint):
@@ -156,11 +160,34 @@ class CliResult:
     def output(self) -> str:
         return self.stdout + self.stderr
 
-    def summary(self) -> dict:
-        """The last line of stdout: the run's summary as one JSON object."""
+    def last_line(self) -> dict:
+        """The last line of stdout: one JSON object (a run's compact summary)."""
         lines = [line for line in self.stdout.splitlines() if line.strip()]
         assert lines, f"no stdout; stderr:\n{self.stderr[-3000:]}"
         return json.loads(lines[-1])
+
+    def summary(self) -> dict:
+        """The run's whole summary: summary.json (history included), which the last line
+        points at, with the last line's figures; the last line alone when it points nowhere."""
+        compact = self.last_line()
+        uri = compact.get("summary_uri")
+        if not uri:
+            return compact
+        return {**read_uri(uri), **compact}
+
+
+_S3_ENDPOINT: list[str] = []  # moto's, once the s3 fixture runs
+
+
+def read_uri(uri: str) -> dict:
+    """A JSON file at a local path or an s3:// URI on the test's S3 endpoint."""
+    if uri.startswith("s3://"):
+        import boto3
+
+        bucket, key = uri[len("s3://") :].split("/", 1)
+        client = boto3.client("s3", endpoint_url=_S3_ENDPOINT[-1], region_name="us-east-1")
+        return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return json.loads(Path(uri).read_text())
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> CliResult:

@@ -35,7 +35,9 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from pipeline import metrics
 from pipeline.config import PipelineConfig
+from pipeline.console import find_board
 from pipeline.data import LEDGER_NAMESPACE, ROW_DIGEST_COLUMN
 from pipeline.records import DIGEST_MIX
 from pipeline.usercode import call_factory
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"  # per-epoch metrics, beside state.pt: summaries read only this
+PROGRESS_INTERVAL_S = 0.5  # how often rank 0 posts its progress to the driver
 _TORCH_DTYPES = {
     "float16": torch.float16,
     "float32": torch.float32,
@@ -91,6 +94,7 @@ class _EpochStats:
         self.wait = 0.0
         self.first_batch_s: float | None = None
         self.started: float | None = None
+        self.posted_rows = 0  # rows already counted in the metrics
         self.digest = torch.zeros(2, device=device, dtype=torch.int64)
 
 
@@ -120,12 +124,17 @@ class TrainContext:
         self._state: dict | None = None
         self.history: list[dict] = []
         self.start_epoch = 0
+        self._board = find_board(loop_config.get("board")) if self.rank == 0 else None
+        self._run = self.config.storage.run_name
+        self._rows_per_epoch = loop_config.get("train_rows")  # the whole split, all workers
+        self._running: dict[str, Any] = {}
+        self._posted_at = 0.0
         if self._checkpoint is not None:
             self._state = self._load_state()
             self.start_epoch = int(self._state.get("epoch", 0))
             self.history = list(self._state.get("history", []))
             if self.rank == 0:
-                log.info("resuming from epoch %d (%s)", self.start_epoch, self._checkpoint.path)
+                self.say(f"resuming from epoch {self.start_epoch} ({self._checkpoint.path})")
         self.epoch = self.start_epoch  # epochs finished so far
         self._stats = _EpochStats(self.device)
         self._ledger = _ledger(loop_config.get("ledger")) if self.rank == 0 else None
@@ -154,6 +163,18 @@ class TrainContext:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """To this worker's device, wrapped in DistributedDataParallel with several workers."""
         return ray.train.torch.prepare_model(model)
+
+    def say(self, line: str) -> None:
+        """A line for the person running the job (rank 0's reach the driver's console)."""
+        if self._board is not None:
+            self._board.say.remote(line)
+        else:
+            log.info(line)
+
+    def progress(self, **figures: Any) -> None:
+        """Running figures for the progress bar, e.g. ``ctx.progress(loss=loss)``, as often as
+        every step: a tensor is read (a device sync) only when the bar is next drawn."""
+        self._running.update(figures)
 
     def restore(self) -> dict | None:
         """The ``state`` given to the latest ``report``, on CPU; None on a fresh run."""
@@ -185,6 +206,8 @@ class TrainContext:
             digest = batch.pop(ROW_DIGEST_COLUMN)
             stats.digest += torch.stack([digest.sum(), ((digest * DIGEST_MIX) & 0xFFFFFFFF).sum()])
             stats.rows += len(digest)
+            if self.rank == 0 and time.perf_counter() - self._posted_at >= PROGRESS_INTERVAL_S:
+                self._post()
             yield batch
 
     def validation_batches(self, batch_size: int | None = None):
@@ -227,7 +250,8 @@ class TrainContext:
                 with open(os.path.join(d, HISTORY_FILE), "w") as f:
                     json.dump(self.history, f)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-                log.info(format_epoch(record, self.config.train.epochs))
+                self.say(format_epoch(record, self.config.train.epochs))
+                self._record_metrics(record)
             ray.train.report(
                 record, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{self.epoch + 1:04d}"
             )
@@ -237,6 +261,48 @@ class TrainContext:
         return record
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _post(self) -> None:
+        """Rank 0's progress to the driver's bar and to the metrics (rows scaled to all
+        workers: every worker streams an equal share)."""
+        stats = self._stats
+        now = time.perf_counter()
+        elapsed = now - (stats.started or now)
+        rows = stats.rows * self.world_size
+        running = {k: _plain(v) for k, v in self._running.items()}
+        figures = {
+            "epoch": self.epoch + 1,
+            "epochs": self.config.train.epochs,
+            "rows": rows,
+            "total_rows": self._rows_per_epoch,
+            "rows_per_s": rows / elapsed if elapsed > 0 else 0.0,
+            "data_wait_fraction": stats.wait / elapsed if elapsed > 0 else None,
+            **running,
+        }
+        if self._board is not None:
+            self._board.post.remote(figures)
+        metrics.set_gauge("pipeline_epoch", figures["epoch"], run=self._run)
+        metrics.add("pipeline_train_rows_total", rows - stats.posted_rows, run=self._run)
+        stats.posted_rows = rows
+        if isinstance(running.get("loss"), float):
+            metrics.set_gauge("pipeline_train_loss", running["loss"], run=self._run)
+        self._posted_at = now
+
+    def _record_metrics(self, record: dict) -> None:
+        run = self._run
+        metrics.set_gauge("pipeline_epoch", record["epoch"], run=run)
+        metrics.set_gauge("pipeline_train_rows_per_second", record["rows_per_s"], run=run)
+        metrics.set_gauge("pipeline_data_wait_fraction", record["data_wait_fraction"], run=run)
+        metrics.add(
+            "pipeline_train_rows_total", record["train_rows"] - self._stats.posted_rows, run=run
+        )
+        if isinstance(record.get("train_loss"), int | float):
+            metrics.set_gauge("pipeline_train_loss", record["train_loss"], run=run)
+        for key, value in record.items():
+            if key.startswith("val_") and key != "val_rows" and isinstance(value, int | float):
+                metrics.set_gauge("pipeline_validation_metric", value, run=run, metric=key)
+        if self._board is not None:
+            self._board.post.remote({"done": True})
 
     def _iter(self, shard, split: str, batch_size: int, **kwargs):
         return iter(

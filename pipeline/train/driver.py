@@ -36,6 +36,7 @@ from pipeline.cluster import (
     without_selectors,
 )
 from pipeline.config import PipelineConfig
+from pipeline.console import BOARD_NAMESPACE, ProgressBoard, ProgressPrinter, board_name
 from pipeline.data import LEDGER_NAMESPACE, BadRecordLedger, build_dataset, ledger_name
 from pipeline.errors import DataError, StorageError, UserCodeError, find_pipeline_error
 from pipeline.preflight import check_user_code, plan
@@ -183,24 +184,22 @@ def _runtime_env(cfg: PipelineConfig, working_dir: str | None, pip: list[str] | 
     return build_runtime_env(uri, pip)
 
 
-def _start_ledger(cfg: PipelineConfig):
-    name = ledger_name(cfg.storage.run_name)
-    # On the driver's node (the head, under KubeRay), as Train keeps its own bookkeeping actors:
-    # a zero-CPU actor could land on a data node, and losing that node must not take the run's
-    # counters, and with them the training loop, down too.
+def _driver_actor(cls, name: str, namespace: str):
+    """A run's bookkeeping actor on the driver's node (the head, under KubeRay), as Train keeps
+    its own: a zero-CPU actor could land on a data node, and losing that node must not take
+    the run's counters, and with them the training loop, down too."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    actor = (
-        ray.remote(BadRecordLedger)
+    return (
+        ray.remote(cls)
         .options(
             name=name,
-            namespace=LEDGER_NAMESPACE,
+            namespace=namespace,
             get_if_exists=True,
             num_cpus=0,
             scheduling_strategy=here,
         )
         .remote()
     )
-    return name, actor
 
 
 def build_datasets(workload: Workload, splits, ledger: str | None = None) -> dict:
@@ -246,13 +245,20 @@ def run_training(
     workload = check_user_code(p)
     warm_up_data_workers(cfg.data.placement.selector)
 
-    name, ledger = _start_ledger(cfg)
+    name = ledger_name(cfg.storage.run_name)
+    ledger = _driver_actor(BadRecordLedger, name, LEDGER_NAMESPACE)
+    board = _driver_actor(ProgressBoard, board_name(cfg.storage.run_name), BOARD_NAMESPACE)
     datasets = build_datasets(workload, p.splits, name)
-    trainer = build_trainer(
-        cfg, datasets, storage, extra_loop_config={"workload": workload, "ledger": name}
-    )
+    loop_config = {
+        "workload": workload,
+        "ledger": name,
+        "board": board_name(cfg.storage.run_name),
+        "train_rows": p.splits.train.rows,
+    }
+    trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config)
     try:
-        result = trainer.fit()
+        with ProgressPrinter(board):
+            result = trainer.fit()
     except Exception as e:
         raise _user_error(e, cfg, storage) from None
 

@@ -52,6 +52,7 @@ def supervised_loop(ctx: TrainContext) -> None:
             scaler.update()
             loss_sum += loss.detach().double() * len(y)  # stays on device: no sync per step
             rows += len(y)
+            ctx.progress(loss=loss.detach())  # read only when the bar is drawn
         total_loss, total_rows = _sum_across_workers(float(loss_sum), rows)
         metrics = {"train_loss": total_loss / max(total_rows, 1)}
         if ctx.rank == 0:  # the full validation set is every worker's; rank 0 evaluates it

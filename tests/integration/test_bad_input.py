@@ -171,3 +171,94 @@ def test_more_workers_than_the_train_group_holds(ray_cluster, first_run, checkpo
     # the train node has 1 CPU: two workers of 1 CPU would wait forever
     r = train(ray_cluster, first_run, "train.num_workers=2")
     assert_one_line_error(r, "2 train workers (train.num_workers) need CPU=1", "have CPU=1 in all")
+
+
+# --- user code: one line naming the field and where it failed, nothing written -------------
+
+USER_CODE = """
+import torch
+
+
+def model(num_classes, width=8):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, num_classes))
+
+
+def preprocess(batch):
+    return {"image": batch["image"], "label": batch["label"]}
+"""
+
+
+@pytest.fixture
+def driver_only_code(tmp_path):
+    """A module importable by the driver (its PYTHONPATH) but shipped to no Ray node."""
+    (tmp_path / "onlyhere.py").write_text(USER_CODE)
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_an_import_string_that_does_not_resolve_on_the_driver(
+    ray_cluster, first_run, checkpoints_untouched
+):
+    r = train(ray_cluster, first_run, "train.model=mypkg.models:build")
+    assert_one_line_error(
+        r, "train.model: cannot import 'mypkg.models' on the driver: No module named 'mypkg'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "data.preprocess=onlyhere:preprocess",
+            "data.preprocess: cannot import 'onlyhere' on the data group: "
+            "No module named 'onlyhere'",
+        ),
+        (
+            "train.model=onlyhere:model",
+            "train.model: cannot import 'onlyhere' on the train group: No module named 'onlyhere'",
+        ),
+    ],
+)
+def test_code_the_job_does_not_ship_is_named_with_the_node_group(
+    ray_cluster, first_run, driver_only_code, override, message, checkpoints_untouched
+):
+    cfg, _ = first_run
+    r = run_cli(
+        "train", "--address", ray_cluster.address, "--config", str(cfg), "--set", override,
+        env=driver_only_code, timeout=120,
+    )  # fmt: skip
+    assert_one_line_error(r, message)
+
+
+def test_a_model_whose_forward_fails_on_the_first_batch(
+    ray_cluster, first_run, tmp_path, checkpoints_untouched
+):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "usermodels.py").write_text(USER_CODE)
+    cfg, _ = first_run
+    r = run_cli(
+        "train", "--address", ray_cluster.address, "--config", str(cfg),
+        "--set", "train.model=usermodels:model", "--working-dir", str(code), timeout=120,
+    )  # fmt: skip
+    assert_one_line_error(
+        r,
+        "train.model (usermodels:model): forward failed on the first batch",
+        "input 'image' float32 [8, 1, 8, 8]",
+        "mat1 and mat2 shapes cannot be multiplied",
+    )
+
+
+def test_a_working_dir_that_does_not_exist_or_is_too_large(
+    ray_cluster, first_run, tmp_path, checkpoints_untouched
+):
+    cfg, _ = first_run
+    base = ["train", "--address", ray_cluster.address, "--config", str(cfg)]
+    r = run_cli(*base, "--working-dir", str(tmp_path / "nope"), timeout=60)
+    assert_one_line_error(r, f"--working-dir {tmp_path / 'nope'}: does not exist")
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "weights.bin").write_bytes(b"\0" * 4096)
+    r = run_cli(
+        *base, "--working-dir", str(tmp_path / "big"), timeout=60,
+        env={"RAY_max_grpc_message_size": "2048"},  # Ray's package limit, made small
+    )  # fmt: skip
+    assert_one_line_error(r, "over Ray's package limit")
