@@ -359,3 +359,39 @@ def crds() -> CRDValidator:
     if missing:
         pytest.skip(f"KUBERAY_CRD_DIR={raw}: {', '.join(missing)} not found (`make crds`)")
     return CRDValidator(path)
+
+
+# --- Prometheus Operator's PodMonitor ----------------------------------------------------------
+
+
+class PodMonitorValidator:
+    """Strict validation of a PodMonitor against the Prometheus Operator's CRD schema.
+
+    No package ships the CRD's YAML; cloudcoil-models-prometheus-operator (a dev dependency)
+    ships Pydantic models generated from the CRD's openAPIV3Schema, with its field names, types,
+    enums and patterns. Their JSON Schema is made strict here as `_strict` does for KubeRay's:
+    every object refuses fields it does not declare (the API server would prune them).
+    """
+
+    def __init__(self):
+        import jsonschema
+        from cloudcoil.models.prometheus_operator.v1 import PodMonitor
+
+        schema = PodMonitor.model_json_schema(by_alias=True)
+        for node in [schema, *schema.get("$defs", {}).values()]:
+            if "properties" in node:
+                node.setdefault("additionalProperties", False)
+        self._validator = jsonschema.Draft202012Validator(schema)
+
+    def errors(self, obj: dict[str, Any]) -> list[str]:
+        assert (obj["apiVersion"], obj["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+        return [
+            f"PodMonitor/{obj['metadata']['name']}: "
+            f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in sorted(self._validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))
+        ]
+
+
+@pytest.fixture(scope="session")
+def podmonitor_crd() -> PodMonitorValidator:
+    return PodMonitorValidator()

@@ -378,6 +378,7 @@ created-by=kuberay-operator (common/service.go: BuildServiceForHeadPod) and woul
       "memory" "resources.memory"
       "resources" "resources"
       "labels" "rayLabels"
+      "metrics-export-port" "the `metrics` container port (8080), which the PodMonitor and the NetworkPolicy use"
       "dashboard-host" "the chart (0.0.0.0 behind a ClusterIP service)"
       "address" "KubeRay"
       "block" "KubeRay" -}}
@@ -401,6 +402,13 @@ created-by=kuberay-operator (common/service.go: BuildServiceForHeadPod) and woul
 {{- end -}}
 {{- end -}}
 
+{{/*
+Ray's metrics export port on every Ray container, named `metrics` as KubeRay names it (common/pod.go
+adds `metrics: 8080` to a Ray container without one and passes it as --metrics-export-port). The
+PodMonitor scrapes it by name, the NetworkPolicy admits networkPolicy.metricsFrom to it.
+*/}}
+{{- define "ray-pipeline.metricsPort" -}}8080{{- end -}}
+
 {{/* Container ports KubeRay and clients expect on the head. */}}
 {{- define "ray-pipeline.headPorts" -}}
 - name: gcs-server
@@ -410,7 +418,7 @@ created-by=kuberay-operator (common/service.go: BuildServiceForHeadPod) and woul
 - name: client
   containerPort: 10001
 - name: metrics
-  containerPort: 8080
+  containerPort: {{ include "ray-pipeline.metricsPort" . }}
 {{- end -}}
 
 {{/* Env of every Ray container: the config path, Ray's node settings, the S3 keys from the Secret. */}}
@@ -523,10 +531,13 @@ spec:
     - name: {{ ternary "ray-head" "ray-worker" .head }}
       image: {{ include "ray-pipeline.image" (dict "root" $root "gpu" $gpu) | quote }}
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
-      {{- if .head }}
       ports:
+        {{- if .head }}
         {{- include "ray-pipeline.headPorts" $root | nindent 8 }}
-      {{- end }}
+        {{- else }}
+        - name: metrics
+          containerPort: {{ include "ray-pipeline.metricsPort" $root }}
+        {{- end }}
       env:
         {{- include "ray-pipeline.rayEnv" (dict "root" $root "group" $group) | nindent 8 }}
       resources:
