@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_path", help="write the figures to this file")
     p.set_defaults(func=cmd_bench)
 
-    from pipeline import k8s
+    from pipeline import k8s, report
 
+    report.register(sub)  # report
     k8s.register(sub)  # submit, status
     return parser
 

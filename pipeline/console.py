@@ -156,6 +156,7 @@ class ProgressPrinter:
     line every ``PLAIN_INTERVAL_S`` seconds; messages (epoch lines, resuming) as they come."""
 
     def __init__(self, board, stream: TextIO | None = None, interval_s: float = 0.5):
+        """``board``: the run's ProgressBoard actor, or a plain ProgressBoard (tests)."""
         self.board = board
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -180,11 +181,16 @@ class ProgressPrinter:
         while not self._stop.wait(self.interval_s):
             self._once()
 
-    def _once(self) -> None:
+    def _take(self):
+        if isinstance(self.board, ProgressBoard):
+            return self.board.take()
         import ray
 
+        return ray.get(self.board.take.remote(), timeout=5)
+
+    def _once(self) -> None:
         try:
-            progress, lines = ray.get(self.board.take.remote(), timeout=5)
+            progress, lines = self._take()
         except Exception:  # the board is gone or busy: nothing to draw this time
             return
         for line in lines:
@@ -218,24 +224,30 @@ class FileProgress:
         self.what, self.total, self.unit = what, total, unit
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.start = time.monotonic()
-        self._last = 0.0
+        self.start = self._last = time.monotonic()
+        self._text = ""
+        self._shown = ""
 
     def update(self, done: int, extra: str = "") -> None:
         now = time.monotonic()
-        if not self.tty and now - self._last < PLAIN_INTERVAL_S:
-            return
-        self._last = now
         rate = done / max(now - self.start, 1e-9)
-        text = f"{self.what}: {_fmt_rows(done)}/{_fmt_rows(self.total)} {self.unit}"
-        text += f" ({_fmt_rows(rate)} {self.unit}/s){extra}"
+        self._text = f"{self.what}: {_fmt_rows(done)}/{_fmt_rows(self.total)} {self.unit}"
+        self._text += f" ({_fmt_rows(rate)} {self.unit}/s){extra}"
         if self.tty:
-            self.stream.write("\r\033[K" + text)
+            self.stream.write("\r\033[K" + self._text)
             self.stream.flush()
-        else:
-            print(text, file=self.stream, flush=True)
+        elif now - self._last >= PLAIN_INTERVAL_S:
+            self._print()
+            self._last = now
+
+    def _print(self) -> None:
+        print(self._text, file=self.stream, flush=True)
+        self._shown = self._text
 
     def done(self) -> None:
+        """The final state, on a line of its own."""
         if self.tty:
             self.stream.write("\r\033[K")
             self.stream.flush()
+        if self._text and self._text != self._shown:
+            self._print()

@@ -240,8 +240,9 @@ def resolve_columns(
         if image is not None:
             need(image, "data.image_column")
             cols = Columns("image", [image, label], label, image=image)
-        elif user_preprocess:
+        elif user_preprocess:  # no images: the preprocessing makes the feature matrix
             cols = Columns("custom", [n for n in names if n != label] + [label], label)
+            cols.input = FEATURES_COLUMN
         else:
             raise DataError(
                 f"no image column in {uri} (data.image_column): no binary or struct<bytes, path> "

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import S3Section
+from pipeline.console import FileProgress
 from pipeline.errors import DataError, StorageError, first_line
 from pipeline.storage import (
     Location,
@@ -103,6 +104,7 @@ def synthetic_source(rows: int, encoding: str = "png", seed: int = 0) -> Source:
     encoded: list[bytes] = []
     labels = np.empty(rows, dtype=np.int64)
     chunk = 4096
+    progress = FileProgress("prepare: encoding", rows)
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         idx = rng.integers(0, len(base), size=n)
@@ -114,7 +116,9 @@ def synthetic_source(rows: int, encoding: str = "png", seed: int = 0) -> Source:
             canvas[j, oy[j] : oy[j] + 20, ox[j] : ox[j] + 20] += up[idx[j]] * contrast[j]
         imgs = np.clip(canvas, 0, 255).astype(np.uint8)
         encoded.extend(encode_image(im, encoding) for im in imgs)
+        progress.update(len(encoded))
         labels[start : start + n] = base_labels[idx]
+    progress.done()
     return Source(
         "synthetic",
         encoded,
@@ -269,6 +273,7 @@ def write_split(
         os.makedirs(directory, exist_ok=True)
     files = []
     chunks = list(_chunks(len(imgs), layout.rows_per_file))
+    progress = FileProgress(f"prepare: {split}", len(imgs))
     for n, (a, b) in enumerate(chunks):
         table = pa.Table.from_arrays(
             [
@@ -292,6 +297,8 @@ def write_split(
         except OSError as e:
             raise StorageError(f"cannot write {out.uri_of(path)}: {first_line(e)}") from None
         files.append(out.uri_of(path))
+        progress.update(b, f", {n + 1}/{len(chunks)} files")
+    progress.done()
     return {
         "rows": len(imgs),
         "files": len(files),

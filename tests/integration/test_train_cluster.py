@@ -73,7 +73,7 @@ def test_reads_and_preprocessing_ran_on_the_data_node_and_training_on_the_train_
         )
     finally:
         ray.shutdown()
-    data_tasks = [t for t in tasks if "ReadParquet" in t.name or "preprocess_batch" in t.name]
+    data_tasks = [t for t in tasks if "ReadParquet" in t.name or "preprocess_block" in t.name]
     assert data_tasks, sorted({t.name for t in tasks})
     assert {t.node_id for t in data_tasks} == {ray_cluster.node_ids["data"]}
     workers = [a for a in actors if a.class_name == "RayTrainWorker"]
@@ -81,14 +81,42 @@ def test_reads_and_preprocessing_ran_on_the_data_node_and_training_on_the_train_
     assert {a.node_id for a in workers} == {ray_cluster.node_ids["train"]}
 
 
+RAY_INTERNALS = (
+    "Execution plan",
+    "Starting execution of Dataset",
+    "core_worker.cc",
+    "Deprecat",
+    "tqdm is not installed",
+    "Checkpoint successfully created",
+    "Reporting training result",
+    "(RayTrainWorker pid=",
+)
+
+
+def test_the_console_shows_the_pipelines_lines_and_not_rays(first_run):
+    _, r = first_run
+    for internal in RAY_INTERNALS:
+        assert internal not in r.output, internal
+    assert "\r" not in r.stderr and "\x1b" not in r.stderr  # not a terminal: plain lines
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 40, "\n".join(lines)
+    assert lines[-3].startswith("done: val_accuracy ") and lines[-1].startswith("summary:")
+    last = r.last_line()  # compact: the history stays in summary.json
+    assert "history" not in last and last["summary_uri"].endswith(f"{RUN}/summary.json")
+    assert set(last) >= {"val_accuracy", "epochs", "rows_per_s", "data_wait_fraction"}
+
+
 def test_rerun_with_the_same_name_resumes(ray_cluster, s3, first_run):
     cfg, _ = first_run
     r = run_cli(
-        "train", "--address", ray_cluster.address, "--config", str(cfg), "--set", "train.epochs=4"
-    )
+        "train", "--address", ray_cluster.address, "--config", str(cfg), "--set", "train.epochs=4",
+        "--verbose",
+    )  # fmt: skip
     assert r.returncode == 0, r.output[-5000:]
     summary = r.summary()
     assert "resuming from epoch 3" in r.output
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # continued, not restarted
     assert "epoch 1/4:" not in r.output
     assert f"checkpoints/{RUN}/epoch-0004/state.pt" in s3.keys(BUCKET, f"checkpoints/{RUN}/")
+    # --verbose: what Ray and its workers print reaches the console too
+    assert "(RayTrainWorker pid=" in r.output and "Starting execution of Dataset" in r.output
