@@ -1,0 +1,160 @@
+"""The bench's figures: ratios, advice on data-group CPUs, and the table it prints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.bench.paths import PATHS
+
+if TYPE_CHECKING:
+    from pipeline.bench.run import BenchOptions
+
+import math
+
+ADVICE_HEADROOM = 1.25
+
+
+def advise_data_cpus(per: dict, model: str) -> dict:
+    """Data-group CPUs per train worker that keep ``model`` fed: the rows/s its steps take when
+    they never wait, over the rows/s one data core preprocesses, plus headroom.
+
+    The per-core rate is the ray path's own when the bench could time its data tasks (at least
+    0.1 of a core, on the embedded Ray: on a cluster they run on other machines), else the
+    limit's, measured on the machine running the bench: usually above what the ray path
+    reaches (0.65-0.88 of it on the 2-core machine of benchmarks/RESULTS.md), so the advice
+    is then a floor. Without either rate, ``data_cpus_per_train_worker`` is None and
+    ``missing`` says what to add."""
+    ray_path = per["ray"]
+    need = ray_path.get("model_rows_per_s") or 0.0
+    out: dict = {
+        "model": model,
+        "model_rows_per_s": need,
+        "from_first_epoch": len(ray_path["epochs"]) == 1,  # see measure_ray
+        "data_cpus_per_train_worker": None,
+    }
+    source = next((p for p in ("ray", "limit") if per.get(p, {}).get("rows_per_data_core_s")), None)
+    if source is None:
+        out["missing"] = (
+            "no per-core rate: the data tasks used under 0.1 of a core; add limit to --paths"
+        )
+    elif need <= 0:
+        out["missing"] = "no model rate: no rows after the first epoch"
+    else:
+        per_core = per[source]["rows_per_data_core_s"]
+        out.update(
+            rows_per_data_core_s=per_core,
+            per_core_from=source,
+            data_cores_needed=need / per_core,
+            data_cpus_per_train_worker=max(1, math.ceil(ADVICE_HEADROOM * need / per_core)),
+        )
+    return out
+
+
+def finalize(results: dict, opts: BenchOptions) -> dict:
+    """Top-level keys from the primary storage (S3 when measured: the product's path)."""
+    primary = "s3" if "s3" in results["storages"] else "local"
+    per = results["storages"][primary]
+    results["primary_storage"] = primary
+    for path in PATHS:
+        if path in per:
+            results[path] = per[path]["rows_per_s"]
+    if "ray" in per:
+        results["ttfb_s"] = per["ray"]["ttfb_s"]
+        results["peak_memory_bytes"] = per["ray"]["peak_memory_bytes"]
+        results["fit_startup_s"] = per["ray"]["fit_startup_s"]
+        results["teardown_s"] = per["ray"]["teardown_s"]
+        results["data_wait_fraction"] = per["ray"]["data_wait_fraction"]
+        if "dataloader" in per:
+            results["ray_vs_dataloader"] = (
+                per["ray"]["rows_per_s"] / per["dataloader"]["rows_per_s"]
+            )
+        if "limit" in per:
+            results["ray_vs_limit"] = per["ray"]["rows_per_s"] / per["limit"]["rows_per_s"]
+        if per.get("advice"):
+            results["advised_data_cpus_per_train_worker"] = per["advice"][
+                "data_cpus_per_train_worker"
+            ]  # None when the advice lacks a rate (see advice.missing)
+    results["model"] = opts.model
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = [
+        f"{'storage':8} {'path':11} {'rows/s':>10} {'MB/s':>8} {'vs limit':>9} "
+        f"{'peak mem':>10}  notes"
+    ]
+    for name, per in results["storages"].items():
+        limit = per.get("limit", {}).get("rows_per_s")
+        for path in PATHS:
+            if path not in per:
+                continue
+            r = per[path]
+            notes = []
+            if r.get("rows_per_data_core_s"):
+                notes.append(
+                    f"{r['data_cores']:.2f} data cores x "
+                    f"{r['rows_per_data_core_s']:.0f} rows/s each"
+                )
+            if r.get("ttfb_s") is not None:
+                notes.append(f"first batch {r['ttfb_s']:.2f}s")
+            if r.get("shard_to_first_batch_s") is not None:
+                notes.append(f"{r['shard_to_first_batch_s']:.2f}s after the shard request")
+            if path == "ray":
+                epochs = [e["rows"] / e["seconds"] for e in r["epochs"]]
+                if len(epochs) > 1:
+                    notes.append(
+                        f"epoch 1 {epochs[0]:.0f} rows/s, "
+                        f"later {sum(epochs[1:]) / len(epochs[1:]):.0f}"
+                    )
+                notes += [
+                    f"fit start-up {r['fit_startup_s']:.1f}s",
+                    f"tear-down {r['teardown_s']:.1f}s",
+                ]
+                if results.get("model"):  # without a model the loop only waits for data
+                    notes.append(
+                        f"{results['model']} step waits for data "
+                        f"{100 * r['data_wait_fraction']:.0f}%"
+                    )
+            ratio = f"{r['rows_per_s'] / limit:.2f}x" if limit else "-"
+            lines.append(
+                f"{name:8} {path:11} {r['rows_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {ratio:>9} "
+                f"{r['peak_memory_bytes'] / 2**20:>8.0f}Mi  {', '.join(notes)}"
+            )
+    for name, per in results["storages"].items():
+        for path in ("limit", "dataloader", "ray"):
+            if path in per and per[path].get("cpu_cores_by_role"):
+                split = ", ".join(
+                    f"{k} {v:.2f}" for k, v in per[path]["cpu_cores_by_role"].items() if v >= 0.01
+                )
+                lines.append(f"cores used, {name} {path}: {split}")
+    for name, per in results["storages"].items():
+        a = per.get("advice")
+        if not a:
+            continue
+        if a["data_cpus_per_train_worker"] is None:
+            lines.append(f"advice, {name}: not computed: {a['missing']}")
+            continue
+        source, floor = "ray path", ""
+        if a["per_core_from"] == "limit":
+            source, floor = "limit path, on the machine running the bench", " at least"
+        warm = ""
+        if a["from_first_epoch"]:
+            warm = " (epoch 1 only, with warm-up: --epochs 2 measures it steadier)"
+        lines.append(
+            f"advice, {name}: {a['model']} takes {a['model_rows_per_s']:.0f} rows/s per train "
+            f"worker when it never waits{warm}; one data core preprocesses "
+            f"{a['rows_per_data_core_s']:.0f} rows/s ({source}), "
+            f"so each train worker needs {a['data_cores_needed']:.2f} data cores: give the data "
+            f"group{floor} {a['data_cpus_per_train_worker']} CPU(s) per train worker "
+            f"({ADVICE_HEADROOM:.2f}x headroom)"
+        )
+    mc = results.get("memory_check")
+    if mc:
+        lines.append(
+            f"memory: 1x object store of data ({mc['1x']['rows']} rows) peak "
+            f"{mc['1x']['peak_memory_bytes'] / 2**20:.0f}Mi, 5x ({mc['5x']['rows']} rows) peak "
+            f"{mc['5x']['peak_memory_bytes'] / 2**20:.0f}Mi: "
+            f"ratio {mc['peak_ratio_5x_to_1x']:.2f}; "
+            f"spilled {mc['5x']['spilled_bytes'] >> 20} MiB"
+        )
+    return "\n".join(lines)
