@@ -134,6 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the Ray path over 1x and 5x the object store's size of data",
     )
     p.add_argument("--object-store-mb", type=int, default=100, help="object store of the local Ray")
+    p.add_argument(
+        "--layout",
+        choices=["shared", "pinned"],
+        default="shared",
+        help="pinned: start a local head/data/train cluster with the data node's processes on "
+        "their own cores (--data-cpus, default half), the rest on the others; limit, "
+        "dataloader and mosaic run on the same data cores",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=["synthetic", "jpeg224"],
+        default="synthetic",
+        help="synthetic: MNIST-sized PNGs; jpeg224: photos of 256-500 px as JPEG, "
+        "RandomResizedCrop to 224, flip, normalise",
+    )
+    p.add_argument(
+        "--ship",
+        choices=["float32", "uint8"],
+        default="float32",
+        help="uint8: images leave the data group as uint8 and the train worker normalises them",
+    )
+    p.add_argument(
+        "--mosaic-python",
+        help="the mosaic path's interpreter, an environment with mosaicml-streaming "
+        "(default: this one, if it has it)",
+    )
     p.add_argument("--json", dest="json_path", help="write the figures to this file")
     p.set_defaults(func=cmd_bench)
 
@@ -283,13 +309,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from pipeline.bench import PATHS, BenchOptions, format_table, run_bench
+    from pipeline.bench import ALL_PATHS, BenchOptions, format_table, run_bench
 
     cfg = _load(args)
     paths = tuple(p for p in args.paths.split(",") if p)
-    unknown = set(paths) - set(PATHS)
+    unknown = set(paths) - set(ALL_PATHS)
     if unknown:
-        raise PipelineError(f"--paths: unknown {sorted(unknown)}; choose from {', '.join(PATHS)}")
+        raise PipelineError(
+            f"--paths: unknown {sorted(unknown)}; choose from {', '.join(ALL_PATHS)}"
+        )
     storages = tuple(s for s in args.storage.split(",") if s)
     if set(storages) - {"local", "s3"}:
         raise PipelineError(f"--storage: expected local and/or s3, got {args.storage!r}")
@@ -304,6 +332,10 @@ def cmd_bench(args) -> int:
         epochs=args.epochs,
         memory_check=args.memory_check,
         object_store_mb=args.object_store_mb,
+        layout=args.layout,
+        dataset=args.dataset,
+        ship=args.ship,
+        mosaic_python=args.mosaic_python,
     )
     results = run_bench(cfg, opts, args.address)
     results["command"] = "ray-pipeline " + " ".join(sys.argv[1:])

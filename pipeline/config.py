@@ -61,6 +61,14 @@ class Augmentation(_Section):
     horizontal_flip: bool = False
     brightness: float = Field(0.1, ge=0, le=1, description="random brightness scale +/-")
     noise_std: float = Field(0.0, ge=0, le=1, description="gaussian noise, in [0,1] units")
+    random_resized_crop: int | None = Field(
+        None,
+        ge=1,
+        description="images of any size become this many pixels square: in training a random "
+        "8-100% of the area at an aspect of 3/4-4/3 (torchvision's RandomResizedCrop), "
+        "otherwise the centre (the shorter side resized to size/0.875); default off: every "
+        "image must be data.image_shape",
+    )
 
 
 class Preprocessing(_Section):

@@ -16,8 +16,16 @@ object store) and, with ``--model``, the share of each training step spent waiti
 and the data-group CPUs per train worker that keep that model fed.
 """
 
-from pipeline.bench.paths import PATHS
+from pipeline.bench.paths import ALL_PATHS, PATHS
 from pipeline.bench.report import advise_data_cpus, finalize, format_table
 from pipeline.bench.run import BenchOptions, run_bench
 
-__all__ = ["PATHS", "BenchOptions", "advise_data_cpus", "finalize", "format_table", "run_bench"]
+__all__ = [
+    "ALL_PATHS",
+    "PATHS",
+    "BenchOptions",
+    "advise_data_cpus",
+    "finalize",
+    "format_table",
+    "run_bench",
+]

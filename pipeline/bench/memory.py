@@ -48,6 +48,7 @@ class ProcessSampler:
         self.interval_s = interval_s
         self.peak = 0
         self._names: dict[int, set[str]] = {}
+        self._affinity: dict[int, frozenset[int]] = {}  # the cores each process may run on
         self._samples: list[tuple[float, dict[int, float]]] = []  # (time.time(), pid -> cpu s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -77,6 +78,8 @@ class ProcessSampler:
             try:
                 cpu[p.pid] = sum(p.cpu_times()[:2])
                 name = " ".join(p.cmdline()[:3])
+                if p.pid not in self._affinity:  # fixed once a process has started
+                    self._affinity[p.pid] = frozenset(p.cpu_affinity())
             except psutil.Error:
                 continue
             self._names.setdefault(p.pid, set()).add(name)
@@ -99,8 +102,17 @@ class ProcessSampler:
         self._thread.join()
         self._sample()
 
-    def cpu_by_role(self, window: tuple[float, float] | None = None) -> dict[str, float]:
-        """Average cores each role used, over the measurement or a (time.time()) window of it."""
+    def cpu_by_role(
+        self,
+        window: tuple[float, float] | None = None,
+        *,
+        cores: frozenset[int] | None = None,
+        detail: bool = False,
+    ) -> dict[str, float]:
+        """Average cores each role used, over the measurement or a (time.time()) window of it.
+
+        ``cores``: only the processes pinned within those cores (the pinned layout's data
+        node); ``detail``: Ray's system processes by name (raylet, agents) instead of one role."""
         samples = self._samples
         if window is not None:
             inside = [x for x in samples if window[0] <= x[0] <= window[1]]
@@ -114,6 +126,8 @@ class ProcessSampler:
         mine = " ".join(self._names.get(me, ()))
         out: dict[str, float] = {}
         for pid, last in last_cpu.items():
+            if cores is not None and not self._affinity.get(pid, frozenset()) <= cores:
+                continue
             names = " ".join(self._names.get(pid, ()))
             if pid == me:
                 role = "bench process"
@@ -122,9 +136,12 @@ class ProcessSampler:
             else:
                 role = "other"
             for candidate, markers in ROLES:
-                if any(m in names for m in markers):
-                    role = candidate
+                hit = next((m for m in markers if m in names), None)
+                if hit:
+                    role = hit if detail and candidate == "ray system" else candidate
                     break
+            if detail and role == "other" and "default_worker" in names:
+                role = "idle ray workers"
             # a process born inside the window counts from zero; its last second before it
             # ended is missed (the sampler reads every second)
             out[role] = out.get(role, 0.0) + (last - first.get(pid, 0.0)) / seconds

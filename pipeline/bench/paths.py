@@ -11,10 +11,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.bench.dataset import Dataset, bench_workload
+from pipeline.bench.layout import pin_to
 from pipeline.config import PipelineConfig
 from pipeline.storage import resolve
 
-PATHS = ("limit", "raw_read", "dataloader", "ray")
+PATHS = ("limit", "raw_read", "dataloader", "ray")  # the default set
+ALL_PATHS = (*PATHS, "mosaic")  # mosaic: Mosaic Streaming, run from its own environment
 
 
 # --- the four paths ---------------------------------------------------------------------------
@@ -49,8 +51,9 @@ def _limit_worker(args) -> tuple[int, float]:
     return n, time.process_time() - cpu0
 
 
-def measure_limit(ds: Dataset, workload, cpus: int) -> dict:
-    """Preprocessing alone: in-memory batches, one forked process per data core."""
+def measure_limit(ds: Dataset, workload, cpus: int, cores=None) -> dict:
+    """Preprocessing alone: in-memory batches, one forked process per data core (pinned to
+    ``cores`` when given: the pinned layout's data cores)."""
     global _LIMIT_BATCHES
     spec = workload.spec
     batches = []
@@ -62,7 +65,7 @@ def measure_limit(ds: Dataset, workload, cpus: int) -> dict:
     _LIMIT_BATCHES = batches
     shards = [(list(range(i, len(batches), cpus)), workload) for i in range(cpus)]
     ctx = mp.get_context("fork")
-    with ctx.Pool(cpus) as pool:
+    with ctx.Pool(cpus, initializer=pin_to, initargs=(cores,)) as pool:
         pool.map(_limit_worker, [([0], workload)] * cpus)  # warm up: imports, first calls
         start = time.perf_counter()
         done = pool.map(_limit_worker, shards)
@@ -115,14 +118,22 @@ class _ParquetStream:
                         yield x[i : i + self.batch_size], y[i : i + self.batch_size]
 
 
-def measure_dataloader(ds: Dataset, workload, cpus: int) -> dict:
+def measure_dataloader(ds: Dataset, workload, cpus: int, cores=None) -> dict:
+    """A DataLoader of ``cpus`` workers (pinned to ``cores`` when given) over the files."""
+    import functools
+
     from torch.utils.data import DataLoader, IterableDataset
 
     stream = type("ParquetStream", (_ParquetStream, IterableDataset), {})(
         ds, workload, workload.cfg.data.batch_size
     )
     loader = DataLoader(
-        stream, batch_size=None, num_workers=cpus, prefetch_factor=4, multiprocessing_context="fork"
+        stream,
+        batch_size=None,
+        num_workers=cpus,
+        prefetch_factor=4,
+        multiprocessing_context="fork",
+        worker_init_fn=functools.partial(_pin_worker, cores),
     )
     rows = 0
     start = time.perf_counter()
@@ -132,6 +143,10 @@ def measure_dataloader(ds: Dataset, workload, cpus: int) -> dict:
             first = time.perf_counter() - start
         rows += len(y)
     return {"rows": rows, "seconds": time.perf_counter() - start, "ttfb_s": first}
+
+
+def _pin_worker(cores, _worker_id: int) -> None:
+    pin_to(cores)
 
 
 class _Collector:
@@ -172,6 +187,11 @@ def bench_loop(config: dict) -> None:
         factory = UserCallable("--model", BUILTIN[config["model"]])
         model = ray.train.torch.prepare_model(call_factory(factory, workload.facts))
         optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0, 0)
+    normalise = None
+    if config.get("normalise"):  # --ship uint8: the train device normalises
+        from pipeline.bench.uint8 import device_normaliser
+
+        normalise = device_normaliser(*config["normalise"])
     epochs = []
     first_batch_at = None
     stream_start = time.time()
@@ -200,6 +220,8 @@ def bench_loop(config: dict) -> None:
                 break
             first_batch_at = first_batch_at or time.time()
             rows += len(batch[y_col])
+            if normalise is not None:
+                batch[x_col] = normalise(batch[x_col])
             if model is not None:
                 loss = torch.nn.functional.cross_entropy(model(batch[x_col]), batch[y_col])
                 optimizer.zero_grad()
@@ -233,7 +255,13 @@ def bench_loop(config: dict) -> None:
 
 
 def measure_ray(
-    ds: Dataset, cfg: PipelineConfig, workdir: Path, *, model: str | None, epochs: int
+    ds: Dataset,
+    cfg: PipelineConfig,
+    workdir: Path,
+    *,
+    model: str | None,
+    epochs: int,
+    normalise: tuple | None = None,
 ) -> dict:
     import ray
 
@@ -262,6 +290,7 @@ def measure_ray(
             "model": model,
             "epochs": epochs,
             "workload": workload,
+            "normalise": normalise,
         },
     )
     warm_up_data_workers(cfg.data.placement.selector)  # as `train` does

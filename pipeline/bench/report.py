@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.bench.paths import PATHS
+from pipeline.bench.paths import ALL_PATHS
 
 if TYPE_CHECKING:
     from pipeline.bench.run import BenchOptions
@@ -55,9 +55,12 @@ def finalize(results: dict, opts: BenchOptions) -> dict:
     primary = "s3" if "s3" in results["storages"] else "local"
     per = results["storages"][primary]
     results["primary_storage"] = primary
-    for path in PATHS:
+    for path in ALL_PATHS:
         if path in per:
             results[path] = per[path]["rows_per_s"]
+    for p in results["storages"].values():
+        if "ray" in p and "limit" in p:
+            p["ray"]["efficiency"] = efficiency(p["ray"], p["limit"]["rows_per_s"])
     if "ray" in per:
         results["ttfb_s"] = per["ray"]["ttfb_s"]
         results["peak_memory_bytes"] = per["ray"]["peak_memory_bytes"]
@@ -70,12 +73,28 @@ def finalize(results: dict, opts: BenchOptions) -> dict:
             )
         if "limit" in per:
             results["ray_vs_limit"] = per["ray"]["rows_per_s"] / per["limit"]["rows_per_s"]
+            results["efficiency"] = per["ray"]["efficiency"]
+        if "mosaic" in per:
+            results["ray_vs_mosaic"] = per["ray"]["rows_per_s"] / per["mosaic"]["rows_per_s"]
         if per.get("advice"):
             results["advised_data_cpus_per_train_worker"] = per["advice"][
                 "data_cpus_per_train_worker"
             ]  # None when the advice lacks a rate (see advice.missing)
     results["model"] = opts.model
     return results
+
+
+def efficiency(ray_path: dict, limit_rows_per_s: float) -> dict:
+    """The ray path's rows/s over the limit's: each epoch, the epochs after the first together
+    (None with one epoch), and the whole run."""
+    epochs = ray_path["epochs"]
+    later = epochs[1:]
+    later_rate = sum(e["rows"] for e in later) / sum(e["seconds"] for e in later) if later else None
+    return {
+        "epochs": [e["rows"] / e["seconds"] / limit_rows_per_s for e in epochs],
+        "later_epochs": later_rate / limit_rows_per_s if later_rate else None,
+        "all_epochs": ray_path["rows_per_s"] / limit_rows_per_s,
+    }
 
 
 def format_table(results: dict) -> str:
@@ -85,7 +104,7 @@ def format_table(results: dict) -> str:
     ]
     for name, per in results["storages"].items():
         limit = per.get("limit", {}).get("rows_per_s")
-        for path in PATHS:
+        for path in ALL_PATHS:
             if path not in per:
                 continue
             r = per[path]
@@ -121,12 +140,26 @@ def format_table(results: dict) -> str:
                 f"{r['peak_memory_bytes'] / 2**20:>8.0f}Mi  {', '.join(notes)}"
             )
     for name, per in results["storages"].items():
-        for path in ("limit", "dataloader", "ray"):
-            if path in per and per[path].get("cpu_cores_by_role"):
-                split = ", ".join(
-                    f"{k} {v:.2f}" for k, v in per[path]["cpu_cores_by_role"].items() if v >= 0.01
-                )
-                lines.append(f"cores used, {name} {path}: {split}")
+        eff = per.get("ray", {}).get("efficiency")
+        if eff:
+            each = ", ".join(f"{e:.2f}" for e in eff["epochs"])
+            later = f"{eff['later_epochs']:.2f}" if eff["later_epochs"] is not None else "-"
+            where = " on the same data cores" if results.get("layout") == "pinned" else ""
+            lines.append(
+                f"efficiency, {name}: ray rows/s over limit's{where}: per epoch {each}; "
+                f"epochs after the first {later}; all epochs {eff['all_epochs']:.2f}"
+            )
+    for name, per in results["storages"].items():
+        for path in ("limit", "dataloader", "mosaic", "ray"):
+            for key, what in (
+                ("cpu_cores_by_role", "cores used"),
+                ("data_node_cores_by_role", "data cores used"),
+            ):
+                if path in per and per[path].get(key):
+                    split = ", ".join(
+                        f"{k} {v:.2f}" for k, v in per[path][key].items() if v >= 0.01
+                    )
+                    lines.append(f"{what}, {name} {path}: {split}")
     for name, per in results["storages"].items():
         a = per.get("advice")
         if not a:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -10,13 +11,16 @@ from pathlib import Path
 from pipeline.bench.dataset import (
     Dataset,
     bench_workload,
+    configure_dataset,
     ensure_local_dataset,
     open_dataset,
     start_moto,
     subset,
     upload,
 )
+from pipeline.bench.layout import pinned_cluster, process_on, split_cores
 from pipeline.bench.memory import ProcessSampler
+from pipeline.bench.mosaic import measure_mosaic
 from pipeline.bench.paths import (
     PATHS,
     measure_dataloader,
@@ -25,7 +29,9 @@ from pipeline.bench.paths import (
     measure_ray,
 )
 from pipeline.bench.report import advise_data_cpus, finalize
+from pipeline.bench.uint8 import ship_uint8
 from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
 from pipeline.storage import resolve_endpoint
 
 
@@ -41,18 +47,27 @@ class BenchOptions:
     epochs: int = 1
     memory_check: bool = False
     object_store_mb: int = 100
+    layout: str = "shared"  # "pinned": a local 3-node cluster, the data node on its own cores
+    dataset: str = "synthetic"  # or "jpeg224"
+    ship: str = "float32"  # "uint8": normalised on the train device
+    mosaic_python: str | None = None  # the interpreter of the mosaic path's environment
 
 
 def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> dict:
     from pipeline.cluster import EMBEDDED, connect, without_selectors
 
+    pinned = split_cores(opts.data_cpus) if opts.layout == "pinned" else None
+    if pinned and address:
+        raise PipelineError("--layout pinned starts its own local cluster: drop --address")
     workdir = opts.workdir.resolve()
-    local_root = ensure_local_dataset(workdir, opts.rows, cfg)
+    local_root = ensure_local_dataset(workdir, opts.rows, cfg, opts.dataset)
     cfg = cfg.model_copy(deep=True)
-    meta = json.loads((local_root / "_manifest.json").read_text())
-    cfg.data.image_shape = tuple(meta["image_shape"])
-    cfg.data.num_classes = meta["num_classes"]
-    cfg.data.image_encoding = meta["encoding"]
+    configure_dataset(cfg, opts.dataset, json.loads((local_root / "_manifest.json").read_text()))
+    normalise = None
+    if opts.ship == "uint8":
+        pre = cfg.data.preprocessing
+        normalise = (list(pre.mean), list(pre.std), cfg.data.image_shape[2])
+        ship_uint8(cfg)
 
     moto = None
     datasets: dict[str, Dataset] = {}
@@ -63,14 +78,32 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
             endpoint, moto = start_moto()
             cfg.s3.endpoint = endpoint
             cfg.s3.scheme = "http"
-        uri = opts.s3_uri or f"s3://ray-pipeline-bench/synthetic-{opts.rows}/train"
+        uri = opts.s3_uri or f"s3://ray-pipeline-bench/{opts.dataset}-{opts.rows}/train"
         upload(local_root, uri, cfg)
         datasets["s3"] = open_dataset("s3", uri, cfg)
 
-    cpus = opts.data_cpus or os.cpu_count() or 1
-    results: dict = {"rows": opts.rows, "data_cpus": cpus, "storages": {}}
+    cores = pinned.data_cores if pinned else None
+    cpus = len(pinned.data_cores) if pinned else opts.data_cpus or os.cpu_count() or 1
+    results: dict = {
+        "rows": opts.rows,
+        "data_cpus": cpus,
+        "layout": opts.layout,
+        "dataset": opts.dataset,
+        "ship": opts.ship,
+        "storages": {},
+    }
+    if pinned:
+        results["cores"] = {"data": sorted(pinned.data_cores), "other": sorted(pinned.other_cores)}
     embedded = None
-    try:
+    with contextlib.ExitStack() as stack:
+        if moto is not None:
+            stack.callback(moto.stop)
+        if pinned and "ray" in opts.paths:
+            address = stack.enter_context(pinned_cluster(pinned, opts.object_store_mb)).address
+            cfg.train.use_gpu = False
+            cfg.train.resources_per_worker = {"CPU": 1}  # the train node's one CPU
+        elif pinned:
+            stack.enter_context(process_on(pinned.other_cores))
         if "ray" in opts.paths:
             # embedded: data gets every core; the Train worker only iterates (and steps a
             # model), placed by a custom resource so that it takes no data core
@@ -84,6 +117,9 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                 == EMBEDDED
             )
             if embedded:
+                import ray
+
+                stack.callback(ray.shutdown)
                 cfg = without_selectors(cfg)
                 cfg.train.resources_per_worker = {"CPU": 0, "bench_trainer": 1}
         for name, ds in datasets.items():
@@ -100,18 +136,32 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                 print(f"bench: {name} {path} ...", flush=True)
                 with ProcessSampler() as mem:
                     if path == "limit":
-                        r = measure_limit(ds, workload, cpus)
+                        r = measure_limit(ds, workload, cpus, cores)
                     elif path == "raw_read":
                         r = measure_raw_read(ds, workload)
                     elif path == "dataloader":
-                        r = measure_dataloader(ds, workload, cpus)
+                        r = measure_dataloader(ds, workload, cpus, cores)
+                    elif path == "mosaic":
+                        r = measure_mosaic(ds, cfg, workdir, cpus, cores, opts.mosaic_python)
                     else:
-                        r = measure_ray(ds, cfg, workdir, model=opts.model, epochs=opts.epochs)
+                        r = measure_ray(
+                            ds,
+                            cfg,
+                            workdir,
+                            model=opts.model,
+                            epochs=opts.epochs,
+                            normalise=normalise,
+                        )
                 r["rows_per_s"] = r["rows"] / r["seconds"]
                 r["mb_per_s"] = r["rows_per_s"] * per["bytes_per_row"] / 1e6
                 r["peak_memory_bytes"] = mem.peak
                 # the ray path: while batches stream (not Train's start-up and tear-down)
-                r["cpu_cores_by_role"] = mem.cpu_by_role(r.pop("stream_window", None))
+                window = r.pop("stream_window", None)
+                r["cpu_cores_by_role"] = mem.cpu_by_role(window)
+                if pinned:  # what ran on the data cores, process by process
+                    r["data_node_cores_by_role"] = mem.cpu_by_role(
+                        window, cores=pinned.data_cores, detail=True
+                    )
                 role = {"dataloader": "forked workers", "ray": "data tasks"}.get(path)
                 if role:  # the limit's workers time themselves (the sampler misses short runs)
                     r["data_cores"] = r["cpu_cores_by_role"].get(role, 0.0)
@@ -126,13 +176,6 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
             results["memory_check"] = memory_check(
                 datasets.get("local") or datasets["s3"], cfg, workdir, opts
             )
-    finally:
-        if embedded:
-            import ray
-
-            ray.shutdown()
-        if moto is not None:
-            moto.stop()
     return finalize(results, opts)
 
 

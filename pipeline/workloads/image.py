@@ -61,14 +61,7 @@ def decode_images(
             out[i] = np.frombuffer(b, dtype=np.uint8).reshape(h, w, c)
         return out, bad
     mode = _PIL_MODE[c]
-    fast = _FAST_DECODERS.get(encoding)
-    for i, b in enumerate(encoded):
-        if b is None:
-            bad.append(BadRecord(i, "undecodable_image", "image is null"))
-            continue
-        if encoding == "auto":
-            fast = _FAST_DECODERS.get(sniff_encoding(b))
-        arr = fast(b, c) if fast is not None else None
+    for i, b, arr in _fast_decoded(encoded, encoding, c, bad):
         if arr is not None and arr.shape == (h, w, c):
             out[i] = arr
             continue
@@ -87,6 +80,84 @@ def decode_images(
             bad.append(BadRecord(i, "undecodable_image", msg))
             continue
         out[i] = arr.reshape(h, w, c)
+    return out, bad
+
+
+def _fast_decoded(encoded, encoding: str, c: int, bad: list[BadRecord]):
+    """(index, bytes, array or None) of each image that is not null, decoded by libspng or
+    libjpeg-turbo where they can (None: PIL's turn); null images go to ``bad``."""
+    fast = _FAST_DECODERS.get(encoding)
+    for i, b in enumerate(encoded):
+        if b is None:
+            bad.append(BadRecord(i, "undecodable_image", "image is null"))
+            continue
+        if encoding == "auto":
+            fast = _FAST_DECODERS.get(sniff_encoding(b))
+        yield i, b, (fast(b, c) if fast is not None else None)
+
+
+# torchvision's RandomResizedCrop defaults, and the centre crop's share of the shorter side
+CROP_SCALE, CROP_RATIO, CENTRE_FRACTION = (0.08, 1.0), (3 / 4, 4 / 3), 0.875
+
+
+def crop_box(height: int, width: int, rng: np.random.Generator | None) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the region a resized crop takes: with ``rng`` a random
+    area and aspect as torchvision's RandomResizedCrop draws them (10 tries, then the centre
+    at the nearest allowed aspect), without it the centre square of 0.875 of the shorter side."""
+    if rng is not None:
+        area = height * width
+        log_ratio = np.log(CROP_RATIO)
+        for _ in range(10):
+            target = area * rng.uniform(*CROP_SCALE)
+            aspect = float(np.exp(rng.uniform(*log_ratio)))
+            w = int(round(np.sqrt(target * aspect)))
+            h = int(round(np.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                return left, top, left + w, top + h
+        aspect = width / height
+        if aspect < CROP_RATIO[0]:
+            w, h = width, int(round(width / CROP_RATIO[0]))
+        elif aspect > CROP_RATIO[1]:
+            w, h = int(round(height * CROP_RATIO[1])), height
+        else:
+            w, h = width, height
+    else:
+        w = h = max(1, int(round(min(height, width) * CENTRE_FRACTION)))
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def decode_resized_crops(
+    encoded: Sequence[bytes | None],
+    encoding: str,
+    channels: int,
+    size: int,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, list[BadRecord]]:
+    """Decode images of any size into uint8 N x size x size x C, each a resized crop
+    (``crop_box``: random with ``rng``, else the centre), bilinear with antialiasing as PIL
+    and torchvision resize. Returns the images and the records that do not decode."""
+    out = np.zeros((len(encoded), size, size, channels), dtype=np.uint8)
+    bad: list[BadRecord] = []
+    mode = _PIL_MODE[channels]
+    for i, b, arr in _fast_decoded(encoded, encoding, channels, bad):
+        try:
+            if arr is not None:
+                img = Image.fromarray(arr[..., 0] if channels == 1 else arr)
+            else:
+                img = Image.open(io.BytesIO(b))
+                if img.mode != mode:
+                    img = img.convert(mode)
+            box = crop_box(img.height, img.width, rng)
+            resized = np.asarray(img.resize((size, size), Image.BILINEAR, box=box))
+        except Exception as e:  # PIL raises many types for corrupt input
+            what = "image" if encoding == "auto" else encoding
+            msg = f"cannot decode {what}: {e.__class__.__name__}: {e}"
+            bad.append(BadRecord(i, "undecodable_image", msg))
+            continue
+        out[i] = resized.reshape(size, size, channels)
     return out, bad
 
 
@@ -187,6 +258,35 @@ def infer_image_shape(encoded: Sequence[bytes | None]) -> tuple[int, int, int] |
     return None
 
 
+def augmented_images(
+    batch: dict[str, np.ndarray],
+    *,
+    split: str,
+    image_column: str,
+    image_shape: Sequence[int],
+    encoding: str = "auto",
+    augmentation: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, list[BadRecord]]:
+    """Decoded (and resized-cropped, with augmentation.random_resized_crop) images, augmented
+    in the train split only: N x H x W x C, uint8 or float32 0..255; and the bad records."""
+    aug = Augmentation.model_validate(augmentation or {})
+    augmenting = split == "train" and aug.enabled
+    rng = np.random.default_rng()  # fresh entropy every batch
+    if aug.random_resized_crop:
+        images, bad = decode_resized_crops(
+            batch[image_column],
+            encoding,
+            int(image_shape[2]),
+            aug.random_resized_crop,
+            rng if augmenting else None,
+        )
+    else:
+        images, bad = decode_images(batch[image_column], encoding, tuple(image_shape))
+    if augmenting:
+        images = augment(images, rng, aug)
+    return images, bad
+
+
 def preprocess(
     batch: dict[str, np.ndarray],
     *,
@@ -200,9 +300,14 @@ def preprocess(
     augmentation: dict[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[BadRecord]]:
     """Encoded images -> ``image`` float32 NCHW (augmented in the train split only), the label
-    passed through, and the records that do not decode or have another size."""
-    images, bad = decode_images(batch[image_column], encoding, tuple(image_shape))
-    aug = Augmentation.model_validate(augmentation or {})
-    if split == "train" and aug.enabled:
-        images = augment(images, np.random.default_rng(), aug)  # fresh entropy every batch
+    passed through, and the records that do not decode or have another size (any size is
+    fine with augmentation.random_resized_crop: only the channels of ``image_shape`` count)."""
+    images, bad = augmented_images(
+        batch,
+        split=split,
+        image_column=image_column,
+        image_shape=image_shape,
+        encoding=encoding,
+        augmentation=augmentation,
+    )
     return {IMAGE_COLUMN: normalise(images, mean, std), label_column: batch[label_column]}, bad
