@@ -47,6 +47,7 @@ def quiet() -> bool:
 
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air", "filelock")
+CHATTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "matplotlib", "PIL")
 
 
 def quiet_ray() -> None:
@@ -57,6 +58,8 @@ def quiet_ray() -> None:
         return
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in CHATTY_LOGGERS:  # "Found credentials in environment variables", ...
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
 

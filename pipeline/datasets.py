@@ -386,15 +386,16 @@ def check_split(
     return kept
 
 
-def infer_num_classes(cols: Columns, infos: list[FileInfo], uri: str) -> int:
-    """Class count when data.num_classes is unset: the class names, else largest label + 1."""
+def infer_num_classes(cols: Columns, infos: list[FileInfo], uri: str) -> tuple[int, str]:
+    """Class count when data.num_classes is unset, and where it came from: the class names,
+    else the largest label + 1."""
     if cols.class_names:
-        return len(cols.class_names)
+        return len(cols.class_names), "the dataset's class names"
     ranges = [i.label_range for i in infos]
     if infos and all(r is not None for r in ranges):
         hi = max(r[1] for r in ranges)
         if hi >= 1 and float(hi).is_integer():
-            return int(hi) + 1
+            return int(hi) + 1, f"the largest label, {int(hi)}; set it if that label is wrong"
     raise DataError(
         f"cannot tell how many classes the labels of {uri} have (no class names in the "
         "Hugging Face metadata, no label statistics in the footers): set data.num_classes"

@@ -78,8 +78,8 @@ def plan(cfg: PipelineConfig, code: UserCode | None = None) -> Plan:
     cfg = cfg.model_copy(deep=True)
     data = cfg.data
     if cfg.train.task == "classification" and data.num_classes is None:
-        data.num_classes = infer_num_classes(cols, infos, splits.train.loc.uri)
-        log.info("classes: %d (data.num_classes, from the dataset)", data.num_classes)
+        data.num_classes, source = infer_num_classes(cols, infos, splits.train.loc.uri)
+        log.info("classes: %d (data.num_classes, from %s)", data.num_classes, source)
     samples = {
         s.name: (read_sample(s, cols.read, SAMPLE_ROWS), s.files[0])
         for s in (splits.train, splits.validation)

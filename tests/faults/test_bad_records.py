@@ -40,7 +40,9 @@ def good_rows(s3, n: int) -> tuple[list[bytes], list[int]]:
 
 def make_dataset(s3, faults_data, prefix: str, *, other_schema: bool, bad_labels: dict) -> Expected:
     """Copy the good training files to ``prefix`` and add the bad ones; returns what a clean
-    epoch must deliver: the good rows only."""
+    epoch must deliver: the good rows only. The bad files sort after the good ones, so the
+    pre-flight's real batch (the first file's first rows) is clean and they surface while
+    training."""
     client = s3.client()
     kept: list[bytes] = []
     for key in s3.keys(BUCKET, "synthetic/train/"):
@@ -59,7 +61,7 @@ def make_dataset(s3, faults_data, prefix: str, *, other_schema: bool, bad_labels
     ]
     put_table(
         s3,
-        f"{prefix}/train/bad-images.parquet",
+        f"{prefix}/train/zz-bad-images.parquet",
         pa.table({"image": pa.array(broken, pa.binary()), "label": pa.array(labels, pa.int64())}),
     )
     kept += [im for i, im in enumerate(images) if i not in UNDECODABLE_ROWS]
@@ -68,7 +70,7 @@ def make_dataset(s3, faults_data, prefix: str, *, other_schema: bool, bad_labels
     float_labels = [bad_labels.get(i, float(v)) for i, v in enumerate(labels)]
     put_table(
         s3,
-        f"{prefix}/train/float-labels.parquet",
+        f"{prefix}/train/zz-float-labels.parquet",
         pa.table(
             {"image": pa.array(images, pa.binary()), "label": pa.array(float_labels, pa.float64())}
         ),
@@ -88,16 +90,18 @@ def make_dataset(s3, faults_data, prefix: str, *, other_schema: bool, bad_labels
     )
 
 
-def train_with_policy(ray_cluster, s3, tmp_path, prefix: str, policy: str):
-    """`train` on the dataset under ``prefix`` with data.bad_records=``policy``."""
+def train_with_policy(ray_cluster, s3, tmp_path, prefix: str, policy: str, *args: str):
+    """`train` on the dataset under ``prefix`` with data.bad_records=``policy``. The classes
+    are named: a largest label of 12 would otherwise make 13 of them."""
     cfg = fault_config(
         tmp_path,
         s3.endpoint,
         f"bad-{policy}",
         data__bad_records=policy,
         data__train_uri=f"s3://{BUCKET}/{prefix}/train",
+        data__num_classes=10,
     )
-    return run_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
+    return run_cli("train", "--address", ray_cluster.address, "--config", str(cfg), *args)
 
 
 def test_skip_drops_and_counts_bad_records(ray_cluster, s3, faults_data, tmp_path):
@@ -123,7 +127,8 @@ def test_skip_drops_and_counts_bad_records(ray_cluster, s3, faults_data, tmp_pat
 
 def test_fail_names_the_file_and_row_and_does_not_retry(ray_cluster, s3, faults_data, tmp_path):
     make_dataset(s3, faults_data, "fail-bad", other_schema=False, bad_labels=RUNTIME_BAD_LABEL_ROWS)
-    r = train_with_policy(ray_cluster, s3, tmp_path, "fail-bad", "fail")
+    # --verbose: Train's own lines show whether it restarted the workers
+    r = train_with_policy(ray_cluster, s3, tmp_path, "fail-bad", "fail", "--verbose")
     assert r.returncode == 2, r.output[-5000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, r.stderr[-5000:]
@@ -132,7 +137,7 @@ def test_fail_names_the_file_and_row_and_does_not_retry(ray_cluster, s3, faults_
     assert error.startswith("error: " + prefix), error
     # whichever bad record came first, the message names its file and exact row
     if "bad-images.parquet" in error:
-        assert f"bad-images.parquet, row {UNDECODABLE_ROWS[0]}: cannot decode png" in error
+        assert f"bad-images.parquet, row {UNDECODABLE_ROWS[0]}: cannot decode image" in error
     else:
         row = int(error.split("float-labels.parquet, row ")[1].split(":")[0])
         assert row in RUNTIME_BAD_LABEL_ROWS and "label" in error
@@ -150,7 +155,11 @@ def test_labels_outside_the_classes_fail_before_training(ray_cluster, s3, faults
         pa.table({"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int64())}),
     )
     cfg = fault_config(
-        tmp_path, s3.endpoint, "bad-range", data__train_uri=f"s3://{BUCKET}/range-bad/train"
+        tmp_path,
+        s3.endpoint,
+        "bad-range",
+        data__train_uri=f"s3://{BUCKET}/range-bad/train",
+        data__num_classes=10,
     )
     r = run_cli("train", "--address", ray_cluster.address, "--config", str(cfg), timeout=60)
     assert r.returncode == 2

@@ -83,7 +83,7 @@ import pipeline
 
 def preprocess(batch, scale=1.0):
     x = np.stack([batch[c] for c in COLUMNS], 1).astype(np.float32) * scale
-    return {"features": x, "label": batch["target"]}
+    return {"features": x, "target": batch["target"]}
 
 
 def model(num_features, num_outputs):
