@@ -8,8 +8,6 @@ checkpoint."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
 import sys
 
 import pytest
@@ -126,8 +124,6 @@ def test_table_with_a_user_preprocessing_class_and_mlp(ray_cluster, s3, bucket, 
 
 
 def test_user_training_loop_resumes_after_its_worker_is_killed(ray_cluster, s3, bucket, tmp_path):
-    from tests.faults.test_failures import alive_actors
-
     data = f"s3://{BUCKET}/digits"
     r = run_cli("prepare", "digits", "--out", data, "--set", f"s3.endpoint={s3.endpoint}")
     assert r.returncode == 0, r.output
@@ -142,10 +138,7 @@ def test_user_training_loop_resumes_after_its_worker_is_killed(ray_cluster, s3, 
         bucket=BUCKET,
         prefix="runs",
     ).start()
-    run.wait_for_epoch(1)
-    workers = alive_actors(ray_cluster.address, "RayTrainWorker")
-    assert len(workers) == 1
-    os.kill(workers[0].pid, signal.SIGKILL)
+    run.kill_train_worker_after_epoch(1, ray_cluster.address)
     r = run.wait()
     assert r.returncode == 0, r.output[-5000:]
     summary = r.summary()

@@ -81,6 +81,20 @@ def fault_config(tmp_path: Path, endpoint: str, run: str, **overrides) -> Path:
     return write_config(tmp_path / f"{run}.yaml", tree)
 
 
+def alive_actors(address: str, class_name: str) -> list:
+    import ray
+    from ray.util.state import list_actors
+
+    ray.init(address=address)
+    try:
+        return list_actors(
+            filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+            raise_on_missing_output=False,
+        )
+    finally:
+        ray.shutdown()
+
+
 class TrainRun:
     """`ray-pipeline train` running in the background, as a RayJob's driver would."""
 
@@ -146,6 +160,13 @@ class TrainRun:
                 pytest.fail(f"run ended before epoch {epoch}:\n{(out + err)[-4000:]}")
             assert time.monotonic() < deadline, f"no checkpoint for epoch {epoch} in {timeout}s"
             time.sleep(0.2)
+
+    def kill_train_worker_after_epoch(self, epoch: int, address: str) -> None:
+        """SIGKILL the (one) Ray Train worker once ``epoch``'s checkpoint is in the bucket."""
+        self.wait_for_epoch(epoch)
+        workers = alive_actors(address, "RayTrainWorker")
+        assert len(workers) == 1
+        os.kill(workers[0].pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL the driver, as when the RayJob's submitter pod dies."""

@@ -8,30 +8,14 @@ order-free digest of the rows' bytes, compared with the dataset's)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
 
 from tests.conftest import run_cli
-from tests.faults.conftest import TrainRun, fault_config, finished_run, load_state
+from tests.faults.conftest import TrainRun, alive_actors, fault_config, finished_run, load_state
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def alive_actors(address: str, class_name: str) -> list:
-    import ray
-    from ray.util.state import list_actors
-
-    ray.init(address=address)
-    try:
-        return list_actors(
-            filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
-            raise_on_missing_output=False,
-        )
-    finally:
-        ray.shutdown()
 
 
 def test_train_worker_killed_mid_epoch_restores_and_finishes(
@@ -40,10 +24,7 @@ def test_train_worker_killed_mid_epoch_restores_and_finishes(
     run = TrainRun(
         ray_cluster, fault_config(tmp_path, s3.endpoint, "worker-kill"), s3, "worker-kill"
     ).start()
-    run.wait_for_epoch(1)
-    workers = alive_actors(ray_cluster.address, "RayTrainWorker")
-    assert len(workers) == 1
-    os.kill(workers[0].pid, signal.SIGKILL)
+    run.kill_train_worker_after_epoch(1, ray_cluster.address)
     r = run.wait()
     finished_run(r, faults_data, s3, "worker-kill")
     # restored inside the same run, from the checkpoint written before the kill
