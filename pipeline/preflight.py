@@ -38,7 +38,14 @@ from pipeline.errors import (
     first_line,
 )
 from pipeline.usercode import call_factory
-from pipeline.workload import SUPERVISED_LOOP, UserCode, Workload, build_workload, model_facts
+from pipeline.workload import (
+    SUPERVISED_LOOP,
+    UserCode,
+    Workload,
+    build_workload,
+    model_facts,
+    task_loss,
+)
 from pipeline.workloads.image import infer_image_shape
 
 log = logging.getLogger(__name__)
@@ -140,24 +147,6 @@ def _data_side(workload: Workload, samples: dict, fs_by_split: dict, prefixes: d
     return out
 
 
-def default_loss(task: str):
-    import torch.nn.functional as F
-
-    if task == "regression":
-
-        def mse(outputs, labels):
-            if outputs.dim() == 2 and outputs.shape[1] == 1 and labels.dim() == 1:
-                outputs = outputs.squeeze(1)
-            return F.mse_loss(outputs.float(), labels.float())
-
-        return mse
-
-    def cross_entropy(outputs, labels):
-        return F.cross_entropy(outputs.float(), labels)
-
-    return cross_entropy
-
-
 def _train_side(workload: Workload, rows: dict[str, np.ndarray], run_forward: bool) -> None:
     """On a train-group node: resolve the model, loss and loop as a train worker does, then
     run the forward and the loss on the preprocessed rows, on CPU."""
@@ -186,7 +175,7 @@ def _train_side(workload: Workload, rows: dict[str, np.ndarray], run_forward: bo
             f"'{spec.input_column}' {_describe(rows[spec.input_column])}): "
             f"{e.__class__.__name__}: {first_line(e)}"
         ) from None
-    loss_fn = workload.loss.build("train") if workload.loss else default_loss(spec.task)
+    loss_fn = workload.loss.build("train") if workload.loss else task_loss(spec.task)
     field_name = f"train.loss ({workload.loss.name})" if workload.loss else "train.task"
     try:
         loss = loss_fn(outputs, y)

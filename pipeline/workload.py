@@ -134,3 +134,22 @@ def model_facts(cfg: PipelineConfig, input_shape: tuple[int, ...], label_shape: 
     else:
         facts["num_outputs"] = int(label_shape[1]) if len(label_shape) == 2 else 1
     return facts
+
+
+def task_loss(task: str):
+    """The task's loss when train.loss is unset: cross-entropy, or MSE for regression."""
+    import torch.nn.functional as F
+
+    if task == "regression":
+
+        def mse(outputs, labels):
+            if outputs.dim() == 2 and outputs.shape[1] == 1 and labels.dim() == 1:
+                outputs = outputs.squeeze(1)
+            return F.mse_loss(outputs.float(), labels.float())
+
+        return mse
+
+    def cross_entropy(outputs, labels):
+        return F.cross_entropy(outputs.float(), labels)
+
+    return cross_entropy

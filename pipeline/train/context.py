@@ -41,6 +41,7 @@ from pipeline.console import find_board
 from pipeline.data import LEDGER_NAMESPACE, ROW_DIGEST_COLUMN
 from pipeline.records import DIGEST_MIX
 from pipeline.usercode import call_factory
+from pipeline.workload import task_loss
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,9 @@ class TrainContext:
 
     def build_loss(self):
         """train.loss (built with train.loss_args), else the task's: cross-entropy or MSE."""
-        from pipeline.preflight import default_loss
-
         if self.workload.loss is not None:
             return self.workload.loss.build("train")
-        return default_loss(self.task)
+        return task_loss(self.task)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """To this worker's device, wrapped in DistributedDataParallel with several workers."""
