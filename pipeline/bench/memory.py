@@ -12,6 +12,7 @@ import time
 # Who used the CPU during a measurement: by what a process was seen doing (Ray renames
 # its workers "ray::<task>" while they run one).
 ROLES = (
+    ("mosaic", ("mosaic_run",)),  # the mosaic path's process and its DataLoader workers
     ("data tasks", ("ReadParquet", "MapBatches", "preprocess")),
     ("train worker", ("RayTrainWorker",)),
     ("ray data coordinator", ("SplitCoordinator",)),

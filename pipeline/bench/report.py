@@ -155,10 +155,10 @@ def format_table(results: dict) -> str:
                 ("cpu_cores_by_role", "cores used"),
                 ("data_node_cores_by_role", "data cores used"),
             ):
-                if path in per and per[path].get(key):
-                    split = ", ".join(
-                        f"{k} {v:.2f}" for k, v in per[path][key].items() if v >= 0.01
-                    )
+                split = ", ".join(
+                    f"{k} {v:.2f}" for k, v in per.get(path, {}).get(key, {}).items() if v >= 0.01
+                )
+                if split:
                     lines.append(f"{what}, {name} {path}: {split}")
     for name, per in results["storages"].items():
         a = per.get("advice")

@@ -142,7 +142,9 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                     elif path == "dataloader":
                         r = measure_dataloader(ds, workload, cpus, cores)
                     elif path == "mosaic":
-                        r = measure_mosaic(ds, cfg, workdir, cpus, cores, opts.mosaic_python)
+                        r = measure_mosaic(
+                            ds, cfg, local_root, cpus, cores, opts.mosaic_python, opts.epochs
+                        )
                     else:
                         r = measure_ray(
                             ds,
