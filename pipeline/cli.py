@@ -223,7 +223,11 @@ def cmd_prepare(args) -> int:
     from pipeline import prepare as prep
 
     cfg = _load(args)
-    out = args.out or cfg.data.uri
+    out = args.out
+    train_uri = (cfg.data.train_uri or "").rstrip("/")
+    if out is None and train_uri.endswith("/train"):  # splits named one by one
+        out = train_uri[: -len("/train")]
+    out = out or cfg.data.uri
     if out is None:
         raise PipelineError("--out is required when data.uri is not set")
     if args.source == "digits":

@@ -107,7 +107,7 @@ def test_s3_settings_and_defaults_come_from_values(render, validate_config):
     assert config.s3.endpoint == "https://s3.eu.example.com"
     assert config.s3.region == "eu-central-1"
     assert config.s3.scheme == "https"
-    assert config.data.train_uri == "s3://acme-data/digits/train"
+    assert config.data.uri == "s3://acme-data/digits" and config.data.train_uri is None
     assert config.data.validation_uri == "s3://other-bucket/val"
     assert config.storage.checkpoint_uri == "s3://acme-data/runs"
 

@@ -187,9 +187,7 @@ pipelineConfig, then the keys the chart owns (placement selectors, train sizing,
 {{- include "ray-pipeline.validateValues" . -}}
 {{- $bucket := .Values.s3.bucket -}}
 {{- $defaults := dict
-      "data" (dict
-        "train_uri" (printf "s3://%s/digits/train" $bucket)
-        "validation_uri" (printf "s3://%s/digits/validation" $bucket))
+      "data" (dict "uri" (printf "s3://%s/digits" $bucket))
       "storage" (dict "checkpoint_uri" (printf "s3://%s/runs" $bucket)) -}}
 {{- if .Values.autoscaling.enabled -}}
 {{- /* Groups may be at zero: the pipeline asks the autoscaler for a node and waits. */ -}}
