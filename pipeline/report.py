@@ -14,13 +14,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import S3Section, load_config
 from pipeline.errors import DataError, StorageError, first_line
-from pipeline.storage import Location, check_bucket, resolve
+
+if TYPE_CHECKING:  # pyarrow loads when a run is read: the CLI's parser stays light
+    import pyarrow.fs as pafs
+
+    from pipeline.storage import Location
 
 # Written by the training driver and context (pipeline/train: driver.SUMMARY_FILE,
 # context.HISTORY_FILE and the `epoch-NNNN` checkpoint names); not imported from there because
@@ -70,6 +72,10 @@ def load_run(uri: str, s3: S3Section) -> Run:
 
     Raises StorageError when the folder is missing or holds neither, DataError when a JSON
     file cannot be read as one; each names the file."""
+    import pyarrow.fs as pafs
+
+    from pipeline.storage import check_bucket, resolve
+
     loc = resolve(uri, s3, "RUN")
     check_bucket(loc, s3)
     info = _info(loc, loc.path)
@@ -113,6 +119,8 @@ def load_run(uri: str, s3: S3Section) -> Run:
 def _latest_checkpoint_history(loc: Location) -> tuple[str, list] | None:
     """(path, history) of the highest-numbered epoch-NNNN/ that has a history.json; older ones
     may be gone (train.checkpoints_to_keep), the newest may still be uploading."""
+    import pyarrow.fs as pafs
+
     try:
         entries = loc.fs.get_file_info(pafs.FileSelector(loc.path))
     except OSError as e:
