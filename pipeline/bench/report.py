@@ -154,6 +154,7 @@ def format_table(results: dict) -> str:
             for key, what in (
                 ("cpu_cores_by_role", "cores used"),
                 ("data_node_cores_by_role", "data cores used"),
+                ("other_cores_by_role", "other cores used"),
             ):
                 split = ", ".join(
                     f"{k} {v:.2f}" for k, v in per.get(path, {}).get(key, {}).items() if v >= 0.01

@@ -164,6 +164,9 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                     r["data_node_cores_by_role"] = mem.cpu_by_role(
                         window, cores=pinned.data_cores, detail=True
                     )
+                    r["other_cores_by_role"] = mem.cpu_by_role(
+                        window, cores=pinned.other_cores, detail=True
+                    )
                 role = {"dataloader": "forked workers", "ray": "data tasks"}.get(path)
                 if role:  # the limit's workers time themselves (the sampler misses short runs)
                     r["data_cores"] = r["cpu_cores_by_role"].get(role, 0.0)

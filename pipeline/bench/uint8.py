@@ -15,10 +15,10 @@ from pipeline.workloads.image import augmented_images
 PREPROCESS = "pipeline.bench.uint8:preprocess"
 
 
-def preprocess(batch: dict[str, np.ndarray], *, label_column: str, **image_args: Any):
+def preprocess(batch: dict[str, np.ndarray], *, split: str, label_column: str, **image_args: Any):
     """The built-in image steps without the normalisation: ``image`` uint8 N x C x H x W
     (``image_args``: those of ``augmented_images``)."""
-    images, bad = augmented_images(batch, **image_args)
+    images, bad = augmented_images(batch, split=split, **image_args)
     if images.dtype != np.uint8:  # brightness or noise made floats 0..255
         images = np.rint(images, out=images).astype(np.uint8)
     x = np.ascontiguousarray(images.transpose(0, 3, 1, 2))

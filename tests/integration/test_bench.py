@@ -7,6 +7,7 @@ never asserted here."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -77,3 +78,79 @@ def test_bench_runs_every_path_on_local_and_s3(ray_cluster, s3, tmp_path):
         assert line in r.output, line
     # the dataset is on the bucket for the next run
     assert len(s3.keys("ray-pipeline-bench-it", "synthetic/train/")) >= 8
+
+
+def _bench(tmp_path, *args: str):
+    """``ray-pipeline bench`` on local files with ``args``: its output and its JSON."""
+    out = tmp_path / "bench.json"
+    r = run_cli(
+        "bench",
+        f"--workdir={tmp_path / 'work'}",
+        "--storage=local",
+        f"--json={out}",
+        *args,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.output[-5000:]
+    return r, json.loads(out.read_text())
+
+
+needs_two_cores = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="--layout pinned needs 2 cores"
+)
+
+
+@needs_two_cores
+def test_bench_pinned_layout_starts_its_cluster_and_reports_efficiency(tmp_path):
+    # the bench's own head/data/train cluster; images shipped as uint8, normalised in the loop
+    r, results = _bench(
+        tmp_path,
+        "--layout=pinned",
+        "--rows=2000",
+        "--paths=limit,ray",
+        "--epochs=2",
+        "--ship=uint8",
+    )
+    assert results["layout"] == "pinned" and results["ship"] == "uint8"
+    assert set(results["cores"]["data"]).isdisjoint(results["cores"]["other"])
+    per = results["storages"]["local"]
+    assert per["limit"]["rows"] == per["rows"] > 1900
+    assert [e["rows"] for e in per["ray"]["epochs"]] == [per["rows"]] * 2
+    assert all(e["seconds"] > 0 for e in per["ray"]["epochs"])
+    eff = results["efficiency"]
+    assert len(eff["epochs"]) == 2 and eff["later_epochs"] > 0 and eff["all_epochs"] > 0
+    # what ran on the data cores was the data node's: its tasks, never the train worker
+    assert "train worker" not in per["ray"]["data_node_cores_by_role"]
+    assert "efficiency, local: ray rows/s over limit's on the same data cores" in r.output
+
+
+@needs_two_cores
+def test_bench_jpeg224_runs_limit_and_dataloader_on_the_data_cores(tmp_path):
+    _, results = _bench(
+        tmp_path, "--layout=pinned", "--dataset=jpeg224", "--rows=120", "--paths=limit,dataloader"
+    )
+    per = results["storages"]["local"]
+    assert results["dataset"] == "jpeg224" and results["layout"] == "pinned"
+    assert per["limit"]["rows"] == per["dataloader"]["rows"] == per["rows"] > 100
+    assert per["bytes_per_row"] > 10_000  # photos, not thumbnails
+
+
+def _mosaic_python() -> str | None:
+    """An interpreter with mosaicml-streaming: $MOSAIC_PYTHON, else this one if it has it."""
+    import sys
+
+    from pipeline.bench.mosaic import _has_streaming
+
+    python = os.environ.get("MOSAIC_PYTHON") or sys.executable
+    return python if _has_streaming(python) else None
+
+
+def test_bench_mosaic_path_streams_every_row(tmp_path):
+    python = _mosaic_python()
+    if python is None:
+        pytest.skip("no mosaicml-streaming: set MOSAIC_PYTHON (see pipeline/bench/mosaic.py)")
+    _, results = _bench(
+        tmp_path, "--rows=1500", "--paths=mosaic", f"--mosaic-python={python}", "--data-cpus=1"
+    )
+    per = results["storages"]["local"]
+    assert per["mosaic"]["rows"] == per["rows"] > 1400

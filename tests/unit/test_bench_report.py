@@ -73,3 +73,21 @@ def test_without_a_per_core_rate_the_advice_says_what_to_add():
 def test_a_rate_from_one_epoch_is_flagged_as_including_warm_up():
     _, table = _report({"limit": _limit(), "ray": _ray(10_000.0, epochs=1)})
     assert "epoch 1 only, with warm-up: --epochs 2" in table
+
+
+def test_efficiency_per_epoch_and_after_the_first():
+    ray = _ray(0.0)
+    ray["epochs"] = [{"rows": 1000, "seconds": 1.0}, {"rows": 1000, "seconds": 0.5}] * 1
+    ray["epochs"].append({"rows": 1000, "seconds": 0.25})
+    ray["rows_per_s"] = 3000 / 1.75
+    per = {"limit": _path(4000.0), "ray": ray}
+    results = finalize(
+        {"rows": 3000, "layout": "pinned", "storages": {"local": per}}, BenchOptions()
+    )
+    eff = results["efficiency"]
+    assert eff["epochs"] == [0.25, 0.5, 1.0]
+    assert eff["later_epochs"] == 2000 / 0.75 / 4000  # rows over seconds of epochs 2-3
+    assert eff["all_epochs"] == 3000 / 1.75 / 4000
+    table = format_table(results)
+    assert "per epoch 0.25, 0.50, 1.00; epochs after the first 0.67" in table
+    assert "on the same data cores" in table
