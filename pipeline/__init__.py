@@ -38,14 +38,24 @@ def run(
     ``overrides``: ``--set``-style ``a.b=c`` strings. ``address``: the Ray cluster (default
     ``$RAY_ADDRESS``, else a local Ray). User mistakes raise ``pipeline.errors.PipelineError``
     with the same one-line message the CLI prints."""
-    from pipeline.config import PipelineConfig, load_config, validate_config
+    import copy
+
+    from pipeline.config import (
+        PipelineConfig,
+        apply_override,
+        load_config,
+        parse_override,
+        validate_config,
+    )
     from pipeline.train import run_training
     from pipeline.workload import UserCode
 
-    if isinstance(config, PipelineConfig):
-        cfg = config
-    elif isinstance(config, dict):
-        cfg = validate_config(config, "pipeline.run(config=...)")
+    if isinstance(config, PipelineConfig | dict):
+        tree = config.model_dump(mode="json") if isinstance(config, PipelineConfig) else config
+        tree = copy.deepcopy(tree)
+        for item in overrides:
+            apply_override(tree, *parse_override(item))
+        cfg = validate_config(tree, "pipeline.run(config=...)")
     else:
         cfg = load_config(config, list(overrides))
     code = UserCode(model=model, preprocess=preprocess, loss=loss, loop=loop)

@@ -183,8 +183,8 @@ def compact_summary(summary: dict) -> dict:
     metric = TASK_METRIC.get(summary.get("task"), "val_accuracy")
     out = {"run_name": summary.get("run_name"), "epochs": summary.get("epochs")}
     metrics = summary.get("metrics") or {}
-    if summary.get(metric) is not None or metric in metrics:
-        out[metric] = metrics.get(metric, summary.get(metric))
+    if metric in metrics:
+        out[metric] = metrics[metric]
     else:  # a user's loop that reports other figures: all of its validation ones
         out.update({k: v for k, v in metrics.items() if k.startswith("val_")})
     for key in ("rows_per_s", "data_wait_fraction", "wall_s", "checkpoint", "summary_uri"):

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 log = logging.getLogger(__name__)
 
 PLAIN_INTERVAL_S = 5.0  # a progress line this often when stdout is not a terminal
-BOARD_NAMESPACE = "ray-pipeline"
+BOARD_NAMESPACE = "ray-pipeline"  # the ledger's too (pipeline.data.LEDGER_NAMESPACE)
 _state = {"verbose": False}
 
 
@@ -108,17 +108,6 @@ def board_name(run_name: str) -> str:
     return f"progress-{run_name}"
 
 
-def find_board(name: str | None):
-    if not name:
-        return None
-    import ray
-
-    try:
-        return ray.get_actor(name, namespace=BOARD_NAMESPACE)
-    except ValueError:
-        return None
-
-
 # --- drawing -----------------------------------------------------------------------------------
 
 
@@ -129,6 +118,17 @@ def _fmt_rows(n: float) -> str:
 def _fmt_s(s: float) -> str:
     s = max(0.0, s)
     return f"{s:.0f}s" if s < 100 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+PROGRESS_KEYS = {
+    "epoch",
+    "epochs",
+    "rows",
+    "total_rows",
+    "rows_per_s",
+    "data_wait_fraction",
+    "done",
+}
 
 
 def progress_text(p: dict[str, Any], width: int = 24) -> str:
@@ -145,9 +145,10 @@ def progress_text(p: dict[str, Any], width: int = 24) -> str:
     rate = p.get("rows_per_s") or 0
     if rate:
         parts.append(f"{_fmt_rows(rate)} rows/s")
-    if p.get("loss") is not None:
-        parts.append(f"loss {p['loss']:.4g}")
-    if p.get("data_wait_fraction") is not None:
+    for key, value in p.items():  # running figures a loop gave ctx.progress (numbers only)
+        if key not in PROGRESS_KEYS and isinstance(value, int | float):
+            parts.append(f"{key} {value:.4g}")
+    if isinstance(p.get("data_wait_fraction"), int | float):
         parts.append(f"wait {100 * p['data_wait_fraction']:.0f}%")
     if total and rate and done < total:
         parts.append(f"{_fmt_s((total - done) / rate)} left")
@@ -192,6 +193,12 @@ class ProgressPrinter:
         return ray.get(self.board.take.remote(), timeout=5)
 
     def _once(self) -> None:
+        try:
+            self._draw()
+        except Exception as e:  # drawing never fails a run nor hides its error
+            log.debug("progress: %s", e)
+
+    def _draw(self) -> None:
         try:
             progress, lines = self._take()
         except Exception:  # the board is gone or busy: nothing to draw this time

@@ -135,10 +135,16 @@ def check_output(
                 f"{name} returned no column '{col}' ({what}, {fld}); it returned: "
                 f"{', '.join(cols) or 'nothing'}"
             )
-    if bad and lengths[spec.label_column] != rows_in:
+    rows_out = lengths[spec.label_column]
+    if bad and rows_out != rows_in:
         raise UserCodeError(
-            f"{name} reported bad records but returned {lengths[spec.label_column]} rows for "
+            f"{name} reported bad records but returned {rows_out} rows for "
             f"{rows_in}: with bad records, return one row per input row"
+        )
+    outside = [b.index for b in bad if not 0 <= b.index < rows_out]
+    if outside:
+        raise UserCodeError(
+            f"{name} reported a bad record at index {outside[0]} of a batch of {rows_out} rows"
         )
     return cols, bad
 
@@ -194,17 +200,26 @@ def ledger_name(run_name: str) -> str:
     return f"bad-records-{run_name}"
 
 
+def named_actor(name: str | None, namespace: str = LEDGER_NAMESPACE):
+    """A run's named bookkeeping actor (ledger, progress board), or None when there is none
+    (no name, or the dataset is used outside `train`, e.g. by the bench)."""
+    if not name:
+        return None
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+
+
 def _report_skipped(ledger: str | None, split: str, counts: dict, examples: dict) -> None:
-    if not ledger:
+    actor = named_actor(ledger)
+    if actor is None:
         log.warning("skipped bad records in %s: %s", split, counts)
         return
     import ray
 
-    try:
-        actor = ray.get_actor(ledger, namespace=LEDGER_NAMESPACE)
-    except ValueError:  # the dataset is used outside `train` (e.g. the bench)
-        log.warning("skipped bad records in %s: %s", split, counts)
-        return
     ray.get(actor.add.remote(split, counts, examples))  # before the batch is delivered
 
 
@@ -236,6 +251,7 @@ class Preprocessor:
         spec = self.spec
         paths = columns.pop(PATH_COLUMN, None)
         n = len(columns[spec.columns[0]])
+        # before the preprocessing, which may change the arrays it is handed
         digests = row_digests(columns, spec.digest_columns)
         try:
             result = self.fn(dict(columns), split=self.split)
@@ -257,12 +273,15 @@ class Preprocessor:
             ) from None
         out[spec.label_column] = labels
         rows = len(labels)
+        aligned = rows == n  # one output row per input row: rows keep their file and digest
+        if not aligned:  # a preprocessing that adds or drops rows: no per-row digest
+            digests = np.zeros(rows, np.int64)
         bad = sorted({b.index: b for b in [*bad_labels, *bad]}.values())
         if bad:
-            keep = self._handle_bad(bad, columns, paths)
+            keep = self._handle_bad(bad, columns, paths, rows, aligned)
             out = {k: v[keep] for k, v in out.items()}
-            digests = digests[keep] if rows == n else digests
-        out[ROW_DIGEST_COLUMN] = digests if rows == n else np.zeros(len(labels), np.int64)
+            digests = digests[keep]
+        out[ROW_DIGEST_COLUMN] = digests
         metrics.add(
             "pipeline_preprocessed_rows_total",
             len(out[ROW_DIGEST_COLUMN]),
@@ -274,29 +293,35 @@ class Preprocessor:
     def _file(self, paths, i: int) -> str:
         return f"{self.uri_prefix}{paths[i]}" if paths is not None else "?"
 
-    def _handle_bad(self, bad: list[BadRecord], columns, paths) -> np.ndarray:
+    def _handle_bad(
+        self, bad: list[BadRecord], columns, paths, rows: int, aligned: bool
+    ) -> np.ndarray:
+        """Stop naming the file and row (fail), or the rows to keep (skip). Output rows map to
+        input rows, their files and row numbers only when the preprocessing kept them
+        one-to-one; otherwise the batch's first file is named."""
         spec = self.spec
         i, kind, reason = bad[0]
+        src = i if aligned else 0
         if spec.bad_records == "fail":
             col = spec.label_column if kind == "bad_label" else spec.digest_columns[0]
             row = None
-            if paths is not None and col in columns:
+            if aligned and paths is not None and col in columns:
                 raw = columns[col][i]
                 value = raw.item() if hasattr(raw, "item") else raw
                 row = _locate_row(self.fs, str(paths[i]), col, value)
             where = f"row {row}" if row is not None else "a row"
             raise DataError(
-                f"bad record in {self._file(paths, i)}, {where}: {reason} "
+                f"bad record in {self._file(paths, src)}, {where}: {reason} "
                 "(data.bad_records=fail; set data.bad_records=skip to skip and count such rows)"
             )
-        keep = np.ones(len(columns[spec.columns[0]]), dtype=bool)
+        keep = np.ones(rows, dtype=bool)
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
         for j, kind, why in bad:
             if keep[j]:
                 keep[j] = False
                 counts[kind] = counts.get(kind, 0) + 1
-                examples.setdefault(kind, f"{self._file(paths, j)}: {why}")
+                examples.setdefault(kind, f"{self._file(paths, j if aligned else 0)}: {why}")
         _report_skipped(self.ledger, self.split, counts, examples)
         for kind, count in counts.items():
             metrics.add(

@@ -90,10 +90,6 @@ class UserCallable:
     args: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def given(self) -> bool:
-        return self.spec is not None or self.obj is not None
-
-    @property
     def name(self) -> str:
         if self.spec:
             return self.spec
@@ -122,8 +118,8 @@ class UserCallable:
                     f"{self.field}: {self.name}(**{_arg_names(kwargs)}) raised"
                     f"{_where(group)}: {e.__class__.__name__}: {first_line(e)}"
                 ) from None
-            return Built(self.field, self.name, instance, {})
-        return Built(self.field, self.name, target, kwargs)
+            return Built(self.field, self.name, instance, {}, _split_param(instance))
+        return Built(self.field, self.name, target, kwargs, _split_param(target))
 
 
 def _arg_names(kwargs: dict) -> str:
@@ -139,21 +135,25 @@ def accepts(fn: Any, name: str) -> bool:
     return name in params
 
 
+def _split_param(fn: Any) -> bool:
+    return accepts(fn, "split")
+
+
 @dataclass
 class Built:
-    """A built extension point: call it with the point's positional arguments."""
+    """A built extension point: call it with the point's positional arguments, and ``split``
+    when the callable takes it (looked up once, not per call)."""
 
     field: str
     name: str
     fn: Any
     kwargs: dict[str, Any]
+    takes_split: bool = False
 
-    def __call__(self, *args: Any, **extra: Any) -> Any:
-        kwargs = {**self.kwargs}
-        for key, value in extra.items():
-            if accepts(self.fn, key):
-                kwargs[key] = value
-        return self.fn(*args, **kwargs)
+    def __call__(self, *args: Any, split: str | None = None) -> Any:
+        if self.takes_split and split is not None:
+            return self.fn(*args, split=split, **self.kwargs)
+        return self.fn(*args, **self.kwargs)
 
 
 def call_factory(ref: UserCallable, facts: dict[str, Any], group: str | None = None) -> Any:

@@ -24,11 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -37,8 +39,7 @@ import torch.distributed as dist
 
 from pipeline import metrics
 from pipeline.config import PipelineConfig
-from pipeline.console import find_board
-from pipeline.data import LEDGER_NAMESPACE, ROW_DIGEST_COLUMN
+from pipeline.data import ROW_DIGEST_COLUMN, named_actor
 from pipeline.records import DIGEST_MIX
 from pipeline.usercode import call_factory
 from pipeline.workload import task_loss
@@ -46,24 +47,14 @@ from pipeline.workload import task_loss
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+META_KEY = "ray_pipeline"  # the pipeline's own part of state.pt: epoch, history, the user's keys
 HISTORY_FILE = "history.json"  # per-epoch metrics, beside state.pt: summaries read only this
 PROGRESS_INTERVAL_S = 0.5  # how often rank 0 posts its progress to the driver
-_TORCH_DTYPES = {
-    "float16": torch.float16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "int8": torch.int8,
-    "int16": torch.int16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
 
 
 def torch_dtypes(dtypes: dict[str, str]) -> dict[str, torch.dtype]:
     """The preprocessing's numpy dtypes as torch's (every column named, as Ray requires)."""
-    out = {k: _TORCH_DTYPES.get(v, torch.float32) for k, v in dtypes.items()}
+    out = {k: torch.from_numpy(np.empty(0, dtype=v)).dtype for k, v in dtypes.items()}
     out[ROW_DIGEST_COLUMN] = torch.int64
     return out
 
@@ -125,20 +116,19 @@ class TrainContext:
         self._state: dict | None = None
         self.history: list[dict] = []
         self.start_epoch = 0
-        self._board = find_board(loop_config.get("board")) if self.rank == 0 else None
+        self._board = named_actor(loop_config.get("board")) if self.rank == 0 else None
         self._run = self.config.storage.run_name
         self._rows_per_epoch = loop_config.get("train_rows")  # the whole split, all workers
         self._running: dict[str, Any] = {}
         self._posted_at = 0.0
+        self._warned_no_state = False
         if self._checkpoint is not None:
-            self._state = self._load_state()
-            self.start_epoch = int(self._state.get("epoch", 0))
-            self.history = list(self._state.get("history", []))
+            self._state, self.start_epoch, self.history = self._load_state()
             if self.rank == 0:
                 self.say(f"resuming from epoch {self.start_epoch} ({self._checkpoint.path})")
         self.epoch = self.start_epoch  # epochs finished so far
         self._stats = _EpochStats(self.device)
-        self._ledger = _ledger(loop_config.get("ledger")) if self.rank == 0 else None
+        self._ledger = named_actor(loop_config.get("ledger")) if self.rank == 0 else None
         self._reset_ledger()
 
     # --- what a loop uses -------------------------------------------------------------------
@@ -244,8 +234,13 @@ class TrainContext:
                 if self._ledger is not None:
                     record["skipped_records"] = ray.get(self._ledger.snapshot.remote())["counts"]
                 self.history.append(record)
-                saved = {**(state or {}), "epoch": self.epoch + 1, "history": self.history}
-                torch.save(saved, os.path.join(d, STATE_FILE))
+                if state is None and not self._warned_no_state:
+                    self.say(
+                        "warning: ctx.report() without state: a run resumed from this "
+                        "checkpoint starts its model afresh"
+                    )
+                    self._warned_no_state = True
+                torch.save(self._saved(state), os.path.join(d, STATE_FILE))
                 with open(os.path.join(d, HISTORY_FILE), "w") as f:
                     json.dump(self.history, f)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
@@ -315,9 +310,28 @@ class TrainContext:
             )
         )
 
-    def _load_state(self) -> dict:
+    def _saved(self, state: dict | None) -> dict:
+        """What state.pt holds: the user's state as given, the pipeline's bookkeeping under
+        META_KEY, and ``epoch``/``history`` at the top too (for readers of the file) unless the
+        user's state has keys of those names."""
+        user = dict(state or {})
+        meta = {"epoch": self.epoch + 1, "history": self.history, "user_keys": list(user)}
+        return {"epoch": meta["epoch"], "history": self.history, **user, META_KEY: meta}
+
+    def _load_state(self) -> tuple[dict, int, list]:
+        """(the user's state, epochs done, history) from the latest checkpoint. The run's own
+        file: numpy values a loop saved are allowed (torch's safe loader refuses them)."""
         with self._checkpoint.as_directory() as d:
-            return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+            path = os.path.join(d, STATE_FILE)
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                saved = torch.load(path, map_location="cpu", weights_only=False)
+        meta = saved.pop(META_KEY, None)
+        if meta is None:  # written before META_KEY: the pipeline's keys were at the top
+            return saved, int(saved.get("epoch", 0)), list(saved.get("history", []))
+        user = {k: saved[k] for k in meta["user_keys"]}
+        return user, int(meta["epoch"]), list(meta["history"])
 
     def _reset_ledger(self) -> None:
         if self._ledger is not None:
@@ -325,18 +339,14 @@ class TrainContext:
 
 
 def _plain(v: Any) -> Any:
+    """A figure as JSON takes it: tensors and numpy values become numbers or lists."""
     if isinstance(v, torch.Tensor):
         return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, np.ndarray):
+        return v.item() if v.size == 1 else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
     return v
-
-
-def _ledger(name: str | None):
-    if not name:
-        return None
-    try:
-        return ray.get_actor(name, namespace=LEDGER_NAMESPACE)
-    except ValueError:
-        return None
 
 
 def format_epoch(m: dict, epochs: int) -> str:

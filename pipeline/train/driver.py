@@ -125,6 +125,10 @@ def read_history(checkpoint) -> list[dict]:
         return json.loads(f.read())
 
 
+def _number(v: Any) -> float | None:
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def summarise(history: list[dict], cfg: PipelineConfig, extra: dict) -> dict:
     last = history[-1] if history else {}
     train_s = sum(h["epoch_s"] for h in history) or 1e-9
@@ -133,9 +137,9 @@ def summarise(history: list[dict], cfg: PipelineConfig, extra: dict) -> dict:
         "epochs": last.get("epoch", 0),
         "epochs_configured": cfg.train.epochs,
         "task": cfg.train.task,
-        "val_accuracy": last.get("val_accuracy"),
-        "val_loss": last.get("val_loss"),
-        "train_loss": last.get("train_loss"),
+        "val_accuracy": _number(last.get("val_accuracy")),
+        "val_loss": _number(last.get("val_loss")),
+        "train_loss": _number(last.get("train_loss")),
         # every validation figure the loop reported in its last epoch (a user's loop names its own)
         "metrics": {
             k: v

@@ -75,3 +75,9 @@ def test_a_run_ends_with_human_lines_and_a_compact_json():
 def test_a_users_loop_with_its_own_metric_shows_it():
     compact = compact_summary({"task": "classification", "metrics": {"val_f1": 0.8}})
     assert compact["val_f1"] == 0.8 and "val_accuracy" not in compact
+
+
+def test_figures_that_are_not_numbers_do_not_break_the_bar():
+    text = console.progress_text({"epoch": 1, "epochs": 2, "rows": 5, "loss": [0.1, 0.2]})
+    assert text.startswith("epoch 1/2") and "loss" not in text
+    assert "acc 0.5" in console.progress_text({"epoch": 1, "epochs": 2, "acc": 0.5})

@@ -217,3 +217,47 @@ def test_the_forward_and_the_loss_run_on_the_first_batch(userpkg):
         "train.loss (userpkg.code:per_row_loss) returned [4], expected a scalar tensor "
         "(reduce it, e.g. .mean())"
     )
+
+
+def test_a_preprocessing_that_drops_rows_still_gets_the_bad_record_policy(userpkg, tmp_path):
+    (tmp_path / "userpkg" / "drop.py").write_text(
+        "def drop_first(batch):\n"
+        "    return {'features': batch['a'][1:, None], 'label': batch['label'][1:]}\n"
+    )
+    batch = _batch()
+    batch["label"] = np.array([0, 1, 7, 2])  # 7: outside the 3 classes, row 1 of the output
+    spec = _spec("x")
+    spec.preprocess = UserCallable("data.preprocess", "userpkg.drop:drop_first")
+    spec.bad_records = "skip"
+    out = Preprocessor(spec, "train", None, "", None).batch(batch)
+    assert list(out["label"]) == [1, 2] and len(out[ROW_DIGEST_COLUMN]) == 2
+    spec.bad_records = "fail"
+    with pytest.raises(DataError, match="bad record in /d/train/part-0.parquet, a row: label 7"):
+        Preprocessor(spec, "train", None, "", None).batch(_batch() | {"label": batch["label"]})
+
+
+def test_what_a_loop_reports_and_saves_may_hold_numpy_values(tmp_path):
+    import torch
+    from ray.train import Checkpoint
+
+    from pipeline.train.context import STATE_FILE, TrainContext, _plain, torch_dtypes
+
+    assert _plain(np.float32(0.5)) == 0.5 and _plain(np.array([1, 2])) == [1, 2]
+    assert _plain(torch.tensor(3.0)) == 3.0
+    assert torch_dtypes({"tokens": "uint16", "x": "float16"})["tokens"] == torch.uint16
+    # state.pt keeps the user's own keys as given; the pipeline's epoch count beside them
+    ctx = TrainContext.__new__(TrainContext)
+    ctx.epoch, ctx.history = 2, [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
+    user = {
+        "epoch": 2,
+        "model": {"w": torch.ones(2)},
+        "best": np.float64(0.9),
+    }
+    torch.save(ctx._saved(user), tmp_path / STATE_FILE)
+    ctx._checkpoint = Checkpoint.from_directory(str(tmp_path))
+    state, done, history = ctx._load_state()
+    assert done == 3 and len(history) == 3
+    assert state["epoch"] == 2 and set(state) == {"epoch", "model", "best"}
+    torch.save(ctx._saved({"model": {}}), tmp_path / STATE_FILE)
+    state, done, _ = ctx._load_state()
+    assert state == {"model": {}} and done == 3
