@@ -75,12 +75,15 @@ def decode_images(
                     img = img.convert(mode)
                 arr = np.asarray(img)
         except Exception as e:  # PIL raises many types for corrupt input
-            what = "image" if encoding == "auto" else encoding
-            msg = f"cannot decode {what}: {e.__class__.__name__}: {e}"
-            bad.append(BadRecord(i, "undecodable_image", msg))
+            bad.append(_undecodable(i, encoding, e))
             continue
         out[i] = arr.reshape(h, w, c)
     return out, bad
+
+
+def _undecodable(i: int, encoding: str, e: Exception) -> BadRecord:
+    what = "image" if encoding == "auto" else encoding
+    return BadRecord(i, "undecodable_image", f"cannot decode {what}: {e.__class__.__name__}: {e}")
 
 
 def _fast_decoded(encoded, encoding: str, c: int, bad: list[BadRecord]):
@@ -153,9 +156,7 @@ def decode_resized_crops(
             box = crop_box(img.height, img.width, rng)
             resized = np.asarray(img.resize((size, size), Image.BILINEAR, box=box))
         except Exception as e:  # PIL raises many types for corrupt input
-            what = "image" if encoding == "auto" else encoding
-            msg = f"cannot decode {what}: {e.__class__.__name__}: {e}"
-            bad.append(BadRecord(i, "undecodable_image", msg))
+            bad.append(_undecodable(i, encoding, e))
             continue
         out[i] = resized.reshape(size, size, channels)
     return out, bad
