@@ -1,6 +1,7 @@
 """Cost as the work grows (#13, point 4): the driver's time and memory for the pre-flight
 (``pipeline.preflight.plan``: listing, every footer, the columns, the sample batch) and for
-planning (``pipeline.data.build_dataset`` of the train split: Ray Data's read plan) over
+planning (``pipeline.data.build_dataset`` of the train split: Ray Data's read plan), and
+moto's own floor (one bare ranged GET per train file), over
 100, 1,000 and 10,000 small Parquet files on moto's S3, and over the same file count with
 more rows per file (driver memory should not grow with rows).
 
@@ -78,6 +79,33 @@ def upload(client, bucket: str, prefix: str, files: int, body: bytes) -> None:
         list(pool.map(put, range(files)))
 
 
+def bare_gets(endpoint: str, bucket: str, prefix: str, files: int, threads: int = 16) -> float:
+    """Seconds for one ranged GET of each train file's last 8 KiB from a bare HTTP client
+    (moto checks no signatures): what the S3 server itself costs per file, the floor of any
+    footer check that reads every file."""
+    import http.client
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import urlparse
+
+    host = urlparse(endpoint)
+    local = threading.local()
+
+    def get(i: int) -> None:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(host.hostname, host.port)
+        conn.request(
+            "GET", f"/{bucket}/{prefix}/part-{i:05d}.parquet", headers={"Range": "bytes=-8192"}
+        )
+        conn.getresponse().read()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(get, range(files)))
+    return time.perf_counter() - start
+
+
 def measure(endpoint: str, uri: str) -> dict:
     from pipeline.config import PipelineConfig
     from pipeline.data import build_dataset
@@ -138,6 +166,7 @@ def main() -> None:
             upload(client, "scale", f"{prefix}/validation", max(1, files // 10), body)
             print(f"{prefix}: uploaded in {time.perf_counter() - t:.1f}s", flush=True)
             r = {"files": files, "rows_per_file": rows, **measure(endpoint, f"s3://scale/{prefix}")}
+            r["bare_get_s"] = bare_gets(endpoint, "scale", f"{prefix}/train", files)
             print(json.dumps(r), flush=True)
             results.append(r)
     finally:
@@ -145,12 +174,13 @@ def main() -> None:
         moto.stop()
     print(
         f"{'train files':>11} {'rows':>9} {'pre-flight':>11} {'mem':>8} {'planning':>9} {'mem':>8}"
+        f" {'bare GETs':>10}"
     )
     for r in results:
         print(
             f"{r['train_files']:>11} {r['train_rows']:>9} {r['preflight_s']:>10.2f}s "
             f"{r['preflight_rss_growth_bytes'] / 2**20:>6.0f}Mi {r['planning_s']:>8.2f}s "
-            f"{r['planning_rss_growth_bytes'] / 2**20:>6.0f}Mi"
+            f"{r['planning_rss_growth_bytes'] / 2**20:>6.0f}Mi {r['bare_get_s']:>9.2f}s"
         )
     if a.json:
         with open(a.json, "w") as f:

@@ -187,27 +187,38 @@ def _create_bucket(client, loc: Location, ep) -> None:
         ) from None
 
 
-def list_files(loc: Location, suffix: str = ".parquet", *, missing_ok: bool = False) -> list[str]:
+def list_files(
+    loc: Location,
+    suffix: str = ".parquet",
+    *,
+    missing_ok: bool = False,
+    sizes: dict[str, int] | None = None,
+) -> list[str]:
     """Every file under ``loc`` ending in ``suffix``, sorted; errors name the config field.
-    A ``loc`` that does not exist is an error, or no files with ``missing_ok``."""
+    A ``loc`` that does not exist is an error, or no files with ``missing_ok``. ``sizes``, if
+    given, gets each file's size from the listing (a reader that knows it skips a request)."""
     try:
         info = loc.fs.get_file_info(loc.path)
         if info.type == pafs.FileType.File:
-            return [loc.path] if loc.path.endswith(suffix) else []
-        if info.type == pafs.FileType.NotFound:
+            infos = [info]
+        elif info.type == pafs.FileType.NotFound:
             if missing_ok:
                 return []
             raise StorageError(f"{loc.field}: {loc.uri} does not exist")
-        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+        else:
+            infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
     except OSError as e:
         raise StorageError(f"{loc.field}: cannot list {loc.uri}: {first_line(e)}") from None
-    return sorted(
-        i.path
+    files = [
+        i
         for i in infos
         if i.type == pafs.FileType.File
         and i.path.endswith(suffix)
-        and not os.path.basename(i.path).startswith(("_", "."))
-    )
+        and (i.path == loc.path or not os.path.basename(i.path).startswith(("_", ".")))
+    ]
+    if sizes is not None:
+        sizes.update((i.path, i.size) for i in files)
+    return sorted(i.path for i in files)
 
 
 def write_json(loc: Location, relpath: str, obj: Any) -> str:

@@ -107,3 +107,27 @@ def test_a_feature_column_that_is_not_numeric_is_named_with_its_file(tmp_path):
         check_split(split, cfg, cols)
     assert "column 'b' (data.feature_columns)" in str(e.value)
     assert "part-0.parquet is string, expected numbers" in str(e.value)
+
+
+def test_footers_are_read_with_the_sizes_the_listing_gave(tmp_path):
+    """The split keeps each file's size from the listing, so a footer is one read of the
+    file's tail; rows are counted as before and a file cut short is still named."""
+    from pipeline.datasets import check_split, resolve_columns
+
+    _write(tmp_path / "train" / "a.parquet", _table(3))
+    _write(tmp_path / "train" / "b.parquet", _table(5))
+    _write(tmp_path / "validation" / "c.parquet", _table(2))
+    cfg = load_config(None, [f"data.uri={tmp_path}"])
+    splits = find_splits(cfg)
+    train = splits.train
+    assert train.sizes == {p: (tmp_path / "train" / p.rsplit("/", 1)[1]).stat().st_size
+                           for p in train.files}  # fmt: skip
+    cols = resolve_columns(cfg, _table().schema, "a.parquet")
+    assert [i.rows for i in check_split(train, cfg, cols)] == [3, 5] and train.rows == 8
+    # b.parquet cut short: no footer where its size says one ends
+    b = tmp_path / "train" / "b.parquet"
+    b.write_bytes(b.read_bytes()[:-20])
+    train = find_splits(cfg).train
+    with pytest.raises(DataError) as e:
+        check_split(train, cfg, cols)
+    assert f"file {b} is not a readable Parquet file" in str(e.value)
