@@ -8,7 +8,8 @@ From Python (a RayJob entrypoint of your own, a notebook)::
 
 ``run`` takes the same config as ``ray-pipeline train``; objects given to it stand in for the
 config's import strings (``model`` for ``train.model``, ``preprocess`` for
-``data.preprocess``, ``loss`` for ``train.loss``, ``loop`` for ``train.loop``).
+``data.preprocess``, ``loss`` for ``train.loss``, ``loop`` for ``train.loop``,
+``device_transform`` for ``data.device_transform``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def run(
     preprocess: Any = None,
     loss: Any = None,
     loop: Any = None,
+    device_transform: Any = None,
     address: str | None = None,
     working_dir: str | None = None,
     pip: list[str] | None = None,
@@ -58,7 +60,9 @@ def run(
         cfg = validate_config(tree, "pipeline.run(config=...)")
     else:
         cfg = load_config(config, list(overrides))
-    code = UserCode(model=model, preprocess=preprocess, loss=loss, loop=loop)
+    code = UserCode(
+        model=model, preprocess=preprocess, loss=loss, loop=loop, device_transform=device_transform
+    )
     return run_training(cfg, address, code=code, working_dir=working_dir, pip=pip)
 
 

@@ -152,13 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ship",
         choices=["float32", "uint8"],
-        default="float32",
-        help="uint8: images leave the data group as uint8 and the train worker normalises them",
+        default="uint8",
+        help="uint8 (as `train`, data.preprocessing.normalise_on=train): images leave the data "
+        "group as uint8 and the train worker normalises them; float32: the data group does",
     )
     p.add_argument(
         "--mosaic-python",
         help="the mosaic path's interpreter, an environment with mosaicml-streaming "
         "(default: this one, if it has it)",
+    )
+    p.add_argument(
+        "--timeline",
+        help="write Ray's task timeline of the ray path to this file, one per storage "
+        "(t.json -> t-local.json): a Chrome trace of actor starts, planning and data tasks",
     )
     p.add_argument("--json", dest="json_path", help="write the figures to this file")
     p.set_defaults(func=cmd_bench)
@@ -340,6 +346,7 @@ def cmd_bench(args) -> int:
         dataset=args.dataset,
         ship=args.ship,
         mosaic_python=args.mosaic_python,
+        timeline=args.timeline,
     )
     results = run_bench(cfg, opts, args.address)
     results["command"] = "ray-pipeline " + " ".join(sys.argv[1:])

@@ -76,6 +76,12 @@ class Preprocessing(_Section):
 
     mean: list[float] = Field(default_factory=lambda: [0.5])
     std: list[float] = Field(default_factory=lambda: [0.5])
+    normalise_on: Literal["train", "data"] = Field(
+        "train",
+        description="train: images leave the data group as uint8 and each train worker "
+        "normalises them on its device (4x fewer bytes through the object store and to the "
+        "GPU); data: the data group ships float32",
+    )
     augmentation: Augmentation = Field(default_factory=Augmentation)
 
     @field_validator("std")
@@ -86,7 +92,7 @@ class Preprocessing(_Section):
         return v
 
 
-IMAGE_COLUMN = "image"  # the model input of image datasets (float32 NCHW)
+IMAGE_COLUMN = "image"  # the model input of image datasets (NCHW; float32 once normalised)
 FEATURES_COLUMN = "features"  # the model input of tables (float32 N x F)
 
 
@@ -120,6 +126,13 @@ class DataSection(_Section):
         "(instantiated once per data worker); default: the built-in image or table steps",
     )
     preprocess_args: dict[str, Any] = Field(default_factory=dict)
+    device_transform: str | None = Field(
+        None,
+        description="package.module:attr, fn(batch, **device_transform_args) -> batch (or a "
+        "class), run on each train worker's device on every batch of tensors before the loop "
+        "gets it (after the built-in normalisation, for images)",
+    )
+    device_transform_args: dict[str, Any] = Field(default_factory=dict)
     preprocess_workers: int = Field(
         0, ge=0, description="actors of a preprocessing class; 0 = one per data-group CPU"
     )
@@ -133,10 +146,21 @@ class DataSection(_Section):
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     file_shuffle: bool = True
     shuffle_seed: int | None = None
-    local_shuffle_buffer: int = Field(1024, ge=0, description="rows; 0 disables")
+    local_shuffle_buffer: int = Field(
+        1024,
+        ge=0,
+        description="rows; 0 disables; at most 1/8 of the train node's object store (a run "
+        "that caps it says so)",
+    )
     batch_size: int = Field(64, ge=1, description="per train worker")
     validation_batch_size: int = Field(512, ge=1)
     prefetch_batches: int = Field(4, ge=0)
+    batches_per_fetch: int = Field(
+        0,
+        ge=0,
+        description="train batches Ray Data assembles at once, handed to the loop as slices: "
+        "Ray's cost per batch is paid once per fetch; 0 = as many as fit in 8 MiB, at most 8",
+    )
     map_batch_size: int = Field(512, ge=1, description="rows per preprocessing call")
     read_tasks: int = Field(
         0, ge=0, description="read tasks per epoch; 0 = one per file (Ray splits big files)"
@@ -166,6 +190,11 @@ class DataSection(_Section):
     @classmethod
     def _preprocess(cls, v: str | None) -> str | None:
         return None if v is None else check_import_string(v, "data.preprocess")
+
+    @field_validator("device_transform")
+    @classmethod
+    def _device_transform(cls, v: str | None) -> str | None:
+        return None if v is None else check_import_string(v, "data.device_transform")
 
     @field_validator("feature_columns")
     @classmethod

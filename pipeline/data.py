@@ -55,6 +55,13 @@ class BatchSpec:
     run_name: str = ""  # the metrics' `run` tag
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    def model_columns(self) -> list[tuple[str, str, str]]:
+        """(column, what it is, the config field naming it) of what every batch must carry."""
+        return [
+            (self.input_column, "the model's input", "train.input_column"),
+            (self.label_column, "the label", "data.label_column"),
+        ]
+
     def output_block_bytes(self) -> int:
         """Preprocessed blocks of at least 8 MiB (or a training batch, if larger). Every block
         costs the executor and the consumer a fixed amount; 8 MiB blocks carried ~1.8x the
@@ -126,10 +133,7 @@ def check_output(
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
         raise UserCodeError(f"{name}: columns have different lengths ({shown})")
-    for col, what, fld in (
-        (spec.input_column, "the model's input", "train.input_column"),
-        (spec.label_column, "the label", "data.label_column"),
-    ):
+    for col, what, fld in spec.model_columns():
         if col not in cols:
             raise UserCodeError(
                 f"{name} returned no column '{col}' ({what}, {fld}); it returned: "

@@ -120,8 +120,9 @@ def plan(cfg: PipelineConfig, code: UserCode | None = None) -> Plan:
 # --- user code on real data, where it runs --------------------------------------------------
 
 
-def _describe(arr: np.ndarray) -> str:
-    return f"{arr.dtype} {list(arr.shape)}"
+def _describe(arr) -> str:
+    """dtype and shape of a numpy array or tensor: float32 [8, 1, 8, 8]."""
+    return f"{str(arr.dtype).removeprefix('torch.')} {list(arr.shape)}"
 
 
 def _data_side(workload: Workload, samples: dict, fs_by_split: dict, prefixes: dict) -> dict:
@@ -147,32 +148,43 @@ def _data_side(workload: Workload, samples: dict, fs_by_split: dict, prefixes: d
     return out
 
 
-def _train_side(workload: Workload, rows: dict[str, np.ndarray], run_forward: bool) -> None:
-    """On a train-group node: resolve the model, loss and loop as a train worker does, then
-    run the forward and the loss on the preprocessed rows, on CPU."""
+def _train_side(workload: Workload, rows: dict[str, np.ndarray], run_forward: bool) -> dict:
+    """On a train-group node: resolve the model, loss and loop as a train worker does, apply
+    the device transforms to the preprocessed rows, then run the forward and the loss on them,
+    on CPU. Returns the model factory's facts, taken from the batch the model gets."""
     import torch
 
     for ref in (workload.model, workload.loop, workload.loss):
         if ref is not None:
             ref.target("train")
-    if not run_forward:
-        return
     spec = workload.spec
-    model = call_factory(workload.model, workload.facts, "train")
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}
+    steps = workload.device_steps("train")
+    if steps:
+        batch = steps(batch, "train")
+        for col, what, fld in spec.model_columns():
+            if not isinstance(batch.get(col), torch.Tensor):
+                raise UserCodeError(
+                    f"data.device_transform: the batch it returns has no tensor '{col}' ({what}, "
+                    f"{fld}); it has: {', '.join(batch) or 'nothing'}"
+                )
+    x, y = batch[spec.input_column], batch[spec.label_column]
+    facts = model_facts(workload.cfg, tuple(x.shape), tuple(y.shape))
+    if not run_forward:
+        return facts
+    model = call_factory(workload.model, facts, "train")
     if not isinstance(model, torch.nn.Module):
         raise UserCodeError(
             f"train.model: {workload.model.name}(...) returned {type(model).__name__}, "
             "expected a torch.nn.Module"
         )
-    x = torch.from_numpy(np.ascontiguousarray(rows[spec.input_column]))
-    y = torch.from_numpy(np.ascontiguousarray(rows[spec.label_column]))
     model.train(len(x) > 1)  # BatchNorm cannot train on one row
     try:
         outputs = model(x)
     except Exception as e:
         raise UserCodeError(
             f"train.model ({workload.model.name}): forward failed on the first batch (input "
-            f"'{spec.input_column}' {_describe(rows[spec.input_column])}): "
+            f"'{spec.input_column}' {_describe(x)}): "
             f"{e.__class__.__name__}: {first_line(e)}"
         ) from None
     loss_fn = workload.loss.build("train") if workload.loss else task_loss(spec.task)
@@ -183,13 +195,14 @@ def _train_side(workload: Workload, rows: dict[str, np.ndarray], run_forward: bo
         out_shape = list(outputs.shape) if hasattr(outputs, "shape") else type(outputs).__name__
         raise UserCodeError(
             f"{field_name}: the loss failed on the model's output {out_shape} and labels "
-            f"{_describe(rows[spec.label_column])}: {e.__class__.__name__}: {first_line(e)}"
+            f"{_describe(y)}: {e.__class__.__name__}: {first_line(e)}"
         ) from None
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise UserCodeError(
             f"{field_name} returned {shape}, expected a scalar tensor (reduce it, e.g. .mean())"
         )
+    return facts
 
 
 def learn_from_output(workload: Workload, result: dict) -> Workload:
@@ -253,7 +266,7 @@ def check_user_code(p: Plan) -> Workload:
         learn_from_output(workload, result)
         # a user's loop may build its own model: the forward runs when train.model is used
         run_forward = workload.loop.spec == SUPERVISED_LOOP or workload.model_is_users()
-        ray.get(train_task.remote(workload, result["train"]["rows"], run_forward))
+        workload.facts = ray.get(train_task.remote(workload, result["train"]["rows"], run_forward))
     except Exception as e:
         cause = find_pipeline_error(e)
         if cause is not None:
@@ -266,3 +279,6 @@ def check_user_code(p: Plan) -> Workload:
 def _log_columns(workload: Workload, group: str) -> None:
     shown = ", ".join(f"{k} {v}" for k, v in workload.dtypes["train"].items())
     log.info("preprocessing checked on the %s group: a batch has %s", group, shown)
+    if workload.device_transforms:
+        names = ", ".join(f"{ref.field} ({ref.name})" for ref in workload.device_transforms)
+        log.info("then on each train worker's device: %s", names)

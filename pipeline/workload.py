@@ -14,10 +14,12 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.data import BatchSpec
 from pipeline.datasets import Columns
-from pipeline.usercode import UserCallable
+from pipeline.errors import UserCodeError, first_line
+from pipeline.usercode import Built, UserCallable
 from pipeline.workloads.models import BUILTIN as BUILTIN_MODELS
 
 IMAGE_PREPROCESS = "pipeline.workloads.image:preprocess"
+IMAGE_NORMALISE = "pipeline.workloads.image:Normalise"
 TABLE_PREPROCESS = "pipeline.workloads.table:stack_features"
 SUPERVISED_LOOP = "pipeline.train.loop:supervised_loop"
 
@@ -30,6 +32,7 @@ class UserCode:
     preprocess: Any = None
     loss: Any = None
     loop: Any = None
+    device_transform: Any = None
 
 
 @dataclass
@@ -42,18 +45,53 @@ class Workload:
     model: UserCallable
     loss: UserCallable | None
     loop: UserCallable
+    device_transforms: list[UserCallable] = field(default_factory=list)  # in order, on device
     facts: dict[str, Any] = field(default_factory=dict)  # filled into model factories
     dtypes: dict[str, dict[str, str]] = field(default_factory=dict)  # split -> column -> dtype
 
     def model_is_users(self) -> bool:
         return self.model.obj is not None or self.cfg.train.model not in BUILTIN_MODELS
 
+    def device_steps(self, group: str = "train") -> DeviceSteps:
+        """The device transforms, built where they run (a train worker)."""
+        return DeviceSteps([(ref, ref.build(group)) for ref in self.device_transforms])
+
     def user_callables(self) -> list[UserCallable]:
         """Every extension point that names user code (to resolve in the pre-flight)."""
-        out = [self.spec.preprocess, self.model, self.loop]
+        out = [self.spec.preprocess, self.model, self.loop, *self.device_transforms]
         if self.loss is not None:
             out.append(self.loss)
         return out
+
+
+class DeviceSteps:
+    """Applies the device transforms to a batch of tensors; a step that raises or returns
+    something other than the batch is named, with the split."""
+
+    def __init__(self, steps: list[tuple[UserCallable, Built]]):
+        self.steps = steps
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def __call__(self, batch: dict, split: str) -> dict:
+        for ref, fn in self.steps:
+            try:
+                out = fn(batch, split=split)
+            except UserCodeError:
+                raise
+            except Exception as e:
+                raise UserCodeError(
+                    f"{ref.field} ({ref.name}) raised on a {split} batch: "
+                    f"{e.__class__.__name__}: {first_line(e)}"
+                ) from None
+            if not isinstance(out, dict):
+                raise UserCodeError(
+                    f"{ref.field} ({ref.name}) returned {type(out).__name__} on a {split} "
+                    "batch, expected the batch: a dict of tensors keyed by column"
+                )
+            batch = out
+        return batch
 
 
 def preprocess_callable(cfg: PipelineConfig, cols: Columns, code: UserCode) -> UserCallable:
@@ -80,8 +118,35 @@ def preprocess_callable(cfg: PipelineConfig, cols: Columns, code: UserCode) -> U
             "mean": list(pre.mean),
             "std": list(pre.std),
             "augmentation": pre.augmentation.model_dump(),
+            "normalise_on": pre.normalise_on,
         },
     )
+
+
+def device_transforms(cfg: PipelineConfig, preprocess: UserCallable, code: UserCode):
+    """What each train worker applies to a batch on its device, in order: the built-in image
+    steps' normalisation (when they ship uint8), then data.device_transform."""
+    out = []
+    if preprocess.spec == IMAGE_PREPROCESS and preprocess.args.get("normalise_on") == "train":
+        pre = cfg.data.preprocessing
+        out.append(
+            UserCallable(
+                "data.preprocessing.normalise_on",
+                IMAGE_NORMALISE,
+                args={"mean": pre.mean, "std": pre.std},
+            )
+        )
+    data = cfg.data
+    if code.device_transform is not None or data.device_transform is not None:
+        out.append(
+            UserCallable(
+                "data.device_transform",
+                data.device_transform,
+                code.device_transform,
+                dict(data.device_transform_args),
+            )
+        )
+    return out
 
 
 def build_workload(cfg: PipelineConfig, cols: Columns, code: UserCode | None = None) -> Workload:
@@ -103,6 +168,7 @@ def build_workload(cfg: PipelineConfig, cols: Columns, code: UserCode | None = N
     else:
         loop = UserCallable("train.loop", SUPERVISED_LOOP)
     digest = [cols.image] if cols.image else list(cols.read)
+    preprocess = preprocess_callable(cfg, cols, code)
     spec = BatchSpec(
         columns=list(cols.read),
         digest_columns=digest,
@@ -110,13 +176,21 @@ def build_workload(cfg: PipelineConfig, cols: Columns, code: UserCode | None = N
         label_column=cols.label,
         task=tr.task,
         num_classes=cfg.data.num_classes if tr.task == "classification" else None,
-        preprocess=preprocess_callable(cfg, cols, code),
+        preprocess=preprocess,
         bad_records=cfg.data.bad_records,
         map_batch_size=cfg.data.map_batch_size,
         batch_size=cfg.data.batch_size,
         run_name=cfg.storage.run_name,
     )
-    return Workload(cfg=cfg, columns=cols, spec=spec, model=model, loss=loss, loop=loop)
+    return Workload(
+        cfg=cfg,
+        columns=cols,
+        spec=spec,
+        model=model,
+        loss=loss,
+        loop=loop,
+        device_transforms=device_transforms(cfg, preprocess, code),
+    )
 
 
 def model_facts(cfg: PipelineConfig, input_shape: tuple[int, ...], label_shape: tuple[int, ...]):

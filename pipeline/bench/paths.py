@@ -169,7 +169,7 @@ def bench_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from pipeline.train.context import torch_dtypes
+    from pipeline.train.context import node_object_store_bytes, train_stream
     from pipeline.usercode import UserCallable, call_factory
     from pipeline.workloads.models import BUILTIN, build_optimizer
 
@@ -187,11 +187,8 @@ def bench_loop(config: dict) -> None:
         factory = UserCallable("--model", BUILTIN[config["model"]])
         model = ray.train.torch.prepare_model(call_factory(factory, workload.facts))
         optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0, 0)
-    normalise = None
-    if config.get("normalise"):  # --ship uint8: the train device normalises
-        from pipeline.bench.uint8 import device_normaliser
-
-        normalise = device_normaliser(*config["normalise"])
+    on_device = workload.device_steps("train")  # uint8 images: normalised here, as in training
+    store = node_object_store_bytes()
     epochs = []
     first_batch_at = None
     stream_start = time.time()
@@ -199,16 +196,7 @@ def bench_loop(config: dict) -> None:
         rows, wait, first = 0, 0.0, None
         started_at = time.time()
         d = cfg.data
-        batches = iter(
-            shard.iter_torch_batches(
-                batch_size=d.batch_size,
-                prefetch_batches=d.prefetch_batches,
-                device=device,
-                dtypes=torch_dtypes(workload.dtypes["train"]),
-                pin_memory=device.type == "cuda",
-                local_shuffle_buffer_size=d.local_shuffle_buffer or None,
-            )
-        )
+        batches = train_stream(shard, workload, d.batch_size, device, store)
         start = time.perf_counter()
         while True:
             t = time.perf_counter()
@@ -220,8 +208,8 @@ def bench_loop(config: dict) -> None:
                 break
             first_batch_at = first_batch_at or time.time()
             rows += len(batch[y_col])
-            if normalise is not None:
-                batch[x_col] = normalise(batch[x_col])
+            if on_device:
+                batch = on_device(batch, "train")
             if model is not None:
                 loss = torch.nn.functional.cross_entropy(model(batch[x_col]), batch[y_col])
                 optimizer.zero_grad()
@@ -261,8 +249,10 @@ def measure_ray(
     *,
     model: str | None,
     epochs: int,
-    normalise: tuple | None = None,
+    timeline: str | None = None,
 ) -> dict:
+    """The Ray path: a real TorchTrainer whose loop times each epoch. ``timeline``: write Ray's
+    task timeline of the run there (Chrome trace: open in chrome://tracing or Perfetto)."""
     import ray
 
     from pipeline.cluster import warm_up_data_workers
@@ -290,7 +280,6 @@ def measure_ray(
             "model": model,
             "epochs": epochs,
             "workload": workload,
-            "normalise": normalise,
         },
     )
     warm_up_data_workers(cfg.data.placement.selector)  # as `train` does
@@ -298,6 +287,8 @@ def measure_ray(
     fit_start = time.time()
     trainer.fit()
     fit_end = time.time()
+    if timeline:
+        ray.timeline(timeline)  # where the start-up goes: actor starts, planning, first tasks
     (out,) = ray.get(collector.get.remote())
     ray.kill(collector)
     first = out["epochs"][0]

@@ -29,7 +29,6 @@ from pipeline.bench.paths import (
     measure_ray,
 )
 from pipeline.bench.report import advise_data_cpus, finalize
-from pipeline.bench.uint8 import ship_uint8
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
 from pipeline.storage import resolve_endpoint
@@ -49,8 +48,15 @@ class BenchOptions:
     object_store_mb: int = 100
     layout: str = "shared"  # "pinned": a local 3-node cluster, the data node on its own cores
     dataset: str = "synthetic"  # or "jpeg224"
-    ship: str = "float32"  # "uint8": normalised on the train device
+    ship: str = "uint8"  # data.preprocessing.normalise_on: uint8 = train, float32 = data
     mosaic_python: str | None = None  # the interpreter of the mosaic path's environment
+    timeline: str | None = None  # the ray path's Ray timeline (Chrome trace), per storage
+
+
+def timeline_path(path: str, storage: str) -> str:
+    """--timeline t.json: t-local.json and t-s3.json, one per storage."""
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}-{storage}.{ext}" if dot else f"{path}-{storage}"
 
 
 def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> dict:
@@ -63,11 +69,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
     local_root = ensure_local_dataset(workdir, opts.rows, cfg, opts.dataset)
     cfg = cfg.model_copy(deep=True)
     configure_dataset(cfg, opts.dataset, json.loads((local_root / "_manifest.json").read_text()))
-    normalise = None
-    if opts.ship == "uint8":
-        pre = cfg.data.preprocessing
-        normalise = (list(pre.mean), list(pre.std), cfg.data.image_shape[2])
-        ship_uint8(cfg)
+    cfg.data.preprocessing.normalise_on = "train" if opts.ship == "uint8" else "data"
 
     moto = None
     datasets: dict[str, Dataset] = {}
@@ -134,7 +136,8 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                     per["limit"] = results["storages"]["local"]["limit"]  # storage plays no part
                     continue
                 print(f"bench: {name} {path} ...", flush=True)
-                with ProcessSampler() as mem:
+                # memory read every 5 s: the --memory-check runs read it every second
+                with ProcessSampler(pss_every=5) as mem:
                     if path == "limit":
                         r = measure_limit(ds, workload, cpus, cores)
                     elif path == "raw_read":
@@ -152,7 +155,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                             workdir,
                             model=opts.model,
                             epochs=opts.epochs,
-                            normalise=normalise,
+                            timeline=opts.timeline and timeline_path(opts.timeline, name),
                         )
                 r["rows_per_s"] = r["rows"] / r["seconds"]
                 r["mb_per_s"] = r["rows_per_s"] * per["bytes_per_row"] / 1e6

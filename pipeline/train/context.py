@@ -59,6 +59,84 @@ def torch_dtypes(dtypes: dict[str, str]) -> dict[str, torch.dtype]:
     return out
 
 
+MAX_BATCHES_PER_FETCH = 8
+FETCH_BYTES = 8 << 20  # a fetch of this size costs little memory and no latency to speak of
+
+
+def batches_per_fetch(workload, batch_size: int) -> int:
+    """data.batches_per_fetch, or (0) as many train batches as fit in FETCH_BYTES, 1..8."""
+    n = workload.cfg.data.batches_per_fetch
+    if n:
+        return n
+    fetch_bytes = batch_size * max(workload.spec.row_bytes, 1)
+    return max(1, min(MAX_BATCHES_PER_FETCH, FETCH_BYTES // fetch_bytes))
+
+
+SHUFFLE_STORE_SHARE = 8  # the local shuffle buffer takes at most 1/8 of the node's object store
+
+
+def node_object_store_bytes() -> int | None:
+    """This Ray node's object store size (None outside Ray, or when Ray does not say)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            size = (node.get("Resources") or {}).get("object_store_memory")
+            return int(size) if size else None
+    return None
+
+
+def shuffle_buffer_rows(workload, batch_size: int, store_bytes: int | None) -> int:
+    """data.local_shuffle_buffer, capped at 1/8 of the train node's object store: the blocks
+    the buffer draws from stay pinned in the store, and a buffer the store cannot hold beside
+    the blocks in flight stalls the stream (photos of 150 KB through a 100 MiB store: 1,024
+    rows ran at 0.32 of the data core's rate, 80 rows at 0.64). Never below one batch; 0 stays
+    off."""
+    rows = workload.cfg.data.local_shuffle_buffer
+    row_bytes = workload.spec.row_bytes
+    if rows <= 0 or not store_bytes or row_bytes <= 0:
+        return rows
+    cap = store_bytes // SHUFFLE_STORE_SHARE // row_bytes
+    return max(batch_size, min(rows, cap))
+
+
+def train_stream(shard, workload, batch_size: int, device, store_bytes: int | None):
+    """The train split's batches for one epoch, as the training loop streams them: shuffled
+    through the capped local buffer (data.shuffle_seed when set), fetched several at once."""
+    kwargs: dict[str, Any] = {}
+    shuffle_rows = shuffle_buffer_rows(workload, batch_size, store_bytes)
+    if shuffle_rows > 0:
+        kwargs["local_shuffle_buffer_size"] = shuffle_rows
+        if workload.cfg.data.shuffle_seed is not None:
+            kwargs["local_shuffle_seed"] = workload.cfg.data.shuffle_seed
+    per_fetch = batches_per_fetch(workload, batch_size)
+    return stream_batches(shard, workload, "train", batch_size, device, per_fetch, **kwargs)
+
+
+def stream_batches(
+    shard, workload, split: str, batch_size: int, device, per_fetch: int = 1, **kwargs
+) -> Iterator[dict[str, torch.Tensor]]:
+    """A shard's batches as tensors on ``device``. Ray Data assembles ``per_fetch`` batches at
+    once (its cost per batch, in the Train worker's process, is then paid once per fetch) and
+    they are handed on as slices: views, no copy. The rows of a fetch are a random draw from
+    the local shuffle buffer, so its slices are too."""
+    prefetch = workload.cfg.data.prefetch_batches
+    fetches = shard.iter_torch_batches(
+        batch_size=batch_size * per_fetch,
+        prefetch_batches=-(-prefetch // per_fetch),  # the same rows in flight
+        device=device,
+        dtypes=torch_dtypes(workload.dtypes[split]),  # every column must be named
+        pin_memory=device.type == "cuda",
+        **kwargs,
+    )
+    if per_fetch == 1:
+        yield from fetches
+        return
+    for fetch in fetches:
+        rows = len(next(iter(fetch.values())))
+        for i in range(0, rows, batch_size):
+            yield {k: v[i : i + batch_size] for k, v in fetch.items()}
+
+
 def _reduce(values: list[float], op: str) -> list[float]:
     """All-reduce a few numbers across train workers (no-op for one worker)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -111,6 +189,9 @@ class TrainContext:
         self.label_column: str = workload.spec.label_column
         self.task: str = workload.spec.task
         self.facts: dict[str, Any] = dict(workload.facts)
+        self._on_device = workload.device_steps("train")  # e.g. the images' normalisation
+        self._store_bytes = node_object_store_bytes()
+        self._said_shuffle_cap = False
         torch.manual_seed(self.config.train.seed)
         self._checkpoint = ray.train.get_checkpoint()  # set when resuming
         self._state: dict | None = None
@@ -171,15 +252,24 @@ class TrainContext:
 
     def train_batches(self, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """This worker's shard of the train split for one epoch, shuffled, as tensors on the
-        device with the preprocessing's dtypes; the time spent waiting for each batch counts as
-        data wait."""
+        device with the preprocessing's dtypes, after the device transforms (the images'
+        normalisation, data.device_transform); the time spent waiting for each batch counts
+        as data wait."""
         d = self.config.data
-        kwargs: dict[str, Any] = {}
-        if d.local_shuffle_buffer > 0:
-            kwargs["local_shuffle_buffer_size"] = d.local_shuffle_buffer
-            if d.shuffle_seed is not None:
-                kwargs["local_shuffle_seed"] = d.shuffle_seed
-        batches = self._iter(self._train_shard, "train", batch_size or d.batch_size, **kwargs)
+        size = batch_size or d.batch_size
+        shuffle_rows = shuffle_buffer_rows(self.workload, size, self._store_bytes)
+        if 0 < shuffle_rows < d.local_shuffle_buffer and not self._said_shuffle_cap:
+            self._said_shuffle_cap = True
+            if self.rank == 0:
+                self.say(
+                    f"local shuffle buffer: {shuffle_rows} rows, not data.local_shuffle_"
+                    f"buffer={d.local_shuffle_buffer}: 1/{SHUFFLE_STORE_SHARE} of this "
+                    f"node's object store ({self._store_bytes >> 20} MiB) at "
+                    f"{self.workload.spec.row_bytes:,} bytes a row"
+                )
+        batches = train_stream(
+            self._train_shard, self.workload, size, self.device, self._store_bytes
+        )
         stats = self._stats
         if stats.started is None:
             stats.started = time.perf_counter()
@@ -197,15 +287,16 @@ class TrainContext:
             stats.rows += len(digest)
             if self.rank == 0 and time.perf_counter() - self._posted_at >= PROGRESS_INTERVAL_S:
                 self._post()
-            yield batch
+            yield self._on_device(batch, "train") if self._on_device else batch
 
     def validation_batches(self, batch_size: int | None = None):
         """The whole validation split (every worker sees all of it), as tensors on the device."""
-        for batch in self._iter(
-            self._val_shard, "validation", batch_size or self.config.data.validation_batch_size
+        size = batch_size or self.config.data.validation_batch_size
+        for batch in stream_batches(
+            self._val_shard, self.workload, "validation", size, self.device
         ):
             batch.pop(ROW_DIGEST_COLUMN)
-            yield batch
+            yield self._on_device(batch, "validation") if self._on_device else batch
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> dict:
         """End an epoch: every worker calls it. Adds the epoch's data figures to ``metrics``,
@@ -297,18 +388,6 @@ class TrainContext:
                 metrics.set_gauge("pipeline_validation_metric", value, run=run, metric=key)
         if self._board is not None:
             self._board.post.remote({"done": True})
-
-    def _iter(self, shard, split: str, batch_size: int, **kwargs):
-        return iter(
-            shard.iter_torch_batches(
-                batch_size=batch_size,
-                prefetch_batches=self.config.data.prefetch_batches,
-                device=self.device,
-                dtypes=torch_dtypes(self.workload.dtypes[split]),  # every column must be named
-                pin_memory=self.device.type == "cuda",
-                **kwargs,
-            )
-        )
 
     def _saved(self, state: dict | None) -> dict:
         """What state.pt holds: the user's state as given, the pipeline's bookkeeping under

@@ -102,16 +102,21 @@ needs_two_cores = pytest.mark.skipif(
 
 @needs_two_cores
 def test_bench_pinned_layout_starts_its_cluster_and_reports_efficiency(tmp_path):
-    # the bench's own head/data/train cluster; images shipped as uint8, normalised in the loop
+    # the bench's own head/data/train cluster; images shipped as float32, normalised by the
+    # data group (the other benches ship uint8, the default, normalised in the Train worker)
     r, results = _bench(
         tmp_path,
         "--layout=pinned",
         "--rows=2000",
         "--paths=limit,ray",
         "--epochs=2",
-        "--ship=uint8",
+        "--ship=float32",
+        f"--timeline={tmp_path / 'trace.json'}",
     )
-    assert results["layout"] == "pinned" and results["ship"] == "uint8"
+    assert results["layout"] == "pinned" and results["ship"] == "float32"
+    # Ray's timeline of the run: the data tasks are in it, on the data node's worker processes
+    trace = json.loads((tmp_path / "trace-local.json").read_text())
+    assert any("_map_task" in e.get("name", "") for e in trace)
     assert set(results["cores"]["data"]).isdisjoint(results["cores"]["other"])
     per = results["storages"]["local"]
     assert per["limit"]["rows"] == per["rows"] > 1900

@@ -8,6 +8,7 @@ import pytest
 from pipeline.config import Augmentation
 from pipeline.records import check_labels
 from pipeline.workloads.image import (
+    Normalise,
     augment,
     decode_images,
     encode_image,
@@ -66,6 +67,46 @@ def test_normalise_layout_dtype_and_values():
     rgb = np.full((2, 3, 3, 3), 255, dtype=np.uint8)
     out = normalise(rgb, [0.0, 0.5, 1.0], [1.0, 0.5, 0.25])
     np.testing.assert_allclose(out[0, :, 0, 0], [1.0, 1.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "channels, mean, std", [(1, [0.5], [0.5]), (3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+)
+def test_uint8_shipped_and_normalised_on_the_device_equals_normalising_on_the_data_group(
+    channels, mean, std
+):
+    import torch
+
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(0, 256, size=(5, 6, 7, channels), dtype=np.uint8)
+    encoded = np.array([encode_image(im, "png") for im in imgs], dtype=object)
+    args = dict(split="validation", image_column="png", label_column="y",
+                image_shape=(6, 7, channels), encoding="png", mean=mean, std=std)  # fmt: skip
+    batch = {"png": encoded, "y": np.arange(5)}
+    on_data, _ = preprocess(batch, **args, normalise_on="data")
+    shipped, _ = preprocess(batch, **args, normalise_on="train")
+    assert shipped["image"].dtype == np.uint8 and shipped["image"].shape == (5, channels, 6, 7)
+    assert shipped["image"].nbytes * 4 == on_data["image"].nbytes
+    on_device = Normalise(mean, std)({"image": torch.from_numpy(shipped["image"]), "y": None})
+    assert on_device["image"].dtype == torch.float32
+    np.testing.assert_allclose(on_device["image"].numpy(), on_data["image"], atol=1e-5)
+
+
+def test_shift_and_flip_keep_uint8_and_brightness_makes_floats(images):
+    aug = Augmentation(max_shift_px=1, brightness=0.0, horizontal_flip=True)
+    out = augment(images, np.random.default_rng(), aug)
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    before = images.copy()
+    flipped = augment(
+        images,
+        np.random.default_rng(0),
+        Augmentation(max_shift_px=0, brightness=0.0, horizontal_flip=True),
+    )
+    for a, b in zip(flipped, images, strict=True):  # each image as it was or mirrored
+        assert np.array_equal(a, b) or np.array_equal(a, b[:, ::-1])
+    assert not np.array_equal(flipped, images)  # seed 0 mirrors some of the 16
+    np.testing.assert_array_equal(images, before)  # the decoded batch is left as it was
+    assert augment(images, np.random.default_rng(), Augmentation()).dtype == np.float32
 
 
 def test_augmentation_differs_between_calls_and_keeps_shape(images):

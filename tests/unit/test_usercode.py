@@ -74,6 +74,19 @@ def userpkg(tmp_path, monkeypatch):
 
             def per_row_loss(outputs, labels):
                 return torch.nn.functional.cross_entropy(outputs, labels, reduction="none")
+
+            def widen(batch, copies=2, split=None):
+                batch["features"] = batch["features"].repeat(1, copies)
+                return batch
+
+            def drop_features(batch):
+                return {"label": batch["label"]}
+
+            def tensor_only(batch):
+                return batch["features"]
+
+            def divide_by_zero(batch):
+                return 1 / 0
             """
         )
     )
@@ -183,12 +196,12 @@ def test_labels_outside_the_classes_follow_the_bad_record_policy(userpkg):
     assert list(out["label"]) == [0, 2, 1] and len(out[ROW_DIGEST_COLUMN]) == 3
 
 
-def _workload(userpkg, model: str, loss: str | None = None):
+def _workload(userpkg, model: str, loss: str | None = None, overrides=()):
     from pipeline.config import load_config
     from pipeline.datasets import Columns
     from pipeline.workload import UserCode, build_workload
 
-    cfg = load_config(None, [f"train.model={model}", "data.feature_columns=[a, b]"])
+    cfg = load_config(None, [f"train.model={model}", "data.feature_columns=[a, b]", *overrides])
     cfg.data.num_classes = 3
     if loss:
         cfg.train.loss = loss
@@ -217,6 +230,48 @@ def test_the_forward_and_the_loss_run_on_the_first_batch(userpkg):
         "train.loss (userpkg.code:per_row_loss) returned [4], expected a scalar tensor "
         "(reduce it, e.g. .mean())"
     )
+
+
+def test_a_device_transform_runs_before_the_forward_and_sets_the_facts(userpkg):
+    from pipeline.preflight import _train_side
+
+    rows = {"features": np.ones((4, 2), np.float32), "label": np.array([0, 1, 2, 1])}
+    widen = ["data.device_transform=userpkg.code:widen", "data.device_transform_args.copies=3"]
+    # the model factory is told the width the transform makes (6), not the data group's (2)
+    facts = _train_side(_workload(userpkg, "userpkg.code:model", overrides=widen), rows, True)
+    assert facts["num_features"] == 6 and facts["input_shape"] == (6,)
+
+
+@pytest.mark.parametrize(
+    "transform, message",
+    [
+        (
+            "drop_features",
+            "data.device_transform: the batch it returns has no tensor 'features' (the "
+            "model's input, train.input_column); it has: label",
+        ),
+        (
+            "tensor_only",
+            "data.device_transform (userpkg.code:tensor_only) returned Tensor on a train batch, "
+            "expected the batch: a dict of tensors keyed by column",
+        ),
+        (
+            "divide_by_zero",
+            "data.device_transform (userpkg.code:divide_by_zero) raised on a train batch: "
+            "ZeroDivisionError: division by zero",
+        ),
+    ],
+)
+def test_a_device_transform_that_breaks_the_batch_is_named(userpkg, transform, message):
+    from pipeline.preflight import _train_side
+
+    rows = {"features": np.ones((4, 2), np.float32), "label": np.array([0, 1, 2, 1])}
+    w = _workload(
+        userpkg, "userpkg.code:model", overrides=[f"data.device_transform=userpkg.code:{transform}"]
+    )
+    with pytest.raises(UserCodeError) as e:
+        _train_side(w, rows, True)
+    assert str(e.value) == message
 
 
 def test_a_preprocessing_that_drops_rows_still_gets_the_bad_record_policy(userpkg, tmp_path):
