@@ -7,7 +7,8 @@ the same moto server) when given, then streams them with ``StreamingDataset`` an
 of ``workers`` workers (pinned to ``cores``) that run the pipeline's own preprocessing on each
 batch of ``batch_size`` rows. Prints one JSON line: the epochs' rows and seconds.
 
-Imports only ``pipeline.workloads`` (numpy, PIL, pydantic) from the pipeline, never Ray.
+Imports only ``pipeline.workloads`` (numpy, PIL, pydantic) and ``pipeline.usercode`` (the
+device transforms, applied in the consumer) from the pipeline, never Ray.
 """
 
 from __future__ import annotations
@@ -122,13 +123,19 @@ def main() -> None:
         collate_fn=functools.partial(collate, fn=fn, args=a["preprocess_args"], columns=columns),
         worker_init_fn=functools.partial(pin, a.get("cores")),
     )
+    from pipeline.usercode import UserCallable
+
+    steps = [UserCallable(**t).build("train") for t in a.get("device_transforms", [])]
     epochs = []
     for _ in range(a["epochs"]):
         rows, first = 0, None
         start = time.perf_counter()
-        for _x, y in loader:
+        for x, y in loader:
             first = first if first is not None else time.perf_counter() - start
             rows += len(y)
+            batch = {"image": x, columns[1]: y}
+            for step in steps:
+                batch = step(batch, split="train")
         epochs.append({"rows": rows, "seconds": time.perf_counter() - start, "ttfb_s": first})
     print(json.dumps({"epochs": epochs, "convert_s": convert_s}), flush=True)
 

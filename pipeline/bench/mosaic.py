@@ -65,6 +65,11 @@ def measure_mosaic(
         "label_column": spec.label_column,
         "preprocess": pre.spec,
         "preprocess_args": pre.args,
+        # the consumer applies them (uint8 images: the normalisation), as the ray path does
+        "device_transforms": [
+            {"field": ref.field, "spec": ref.spec, "args": ref.args}
+            for ref in workload.device_transforms
+        ],
     }
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if ds.storage == "s3":

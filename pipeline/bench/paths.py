@@ -135,13 +135,18 @@ def measure_dataloader(ds: Dataset, workload, cpus: int, cores=None) -> dict:
         multiprocessing_context="fork",
         worker_init_fn=functools.partial(_pin_worker, cores),
     )
+    # uint8 images are normalised here, in the consumer, as the ray path's train worker does
+    on_device = workload.device_steps("train")
+    x_col, y_col = workload.spec.input_column, workload.spec.label_column
     rows = 0
     start = time.perf_counter()
     first = None
-    for _, y in loader:
+    for x, y in loader:
         if first is None:
             first = time.perf_counter() - start
         rows += len(y)
+        if on_device:
+            on_device({x_col: x, y_col: y}, "train")
     return {"rows": rows, "seconds": time.perf_counter() - start, "ttfb_s": first}
 
 
