@@ -152,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ship",
         choices=["float32", "uint8"],
-        default="uint8",
-        help="uint8 (as `train`, data.preprocessing.normalise_on=train): images leave the data "
-        "group as uint8 and the train worker normalises them; float32: the data group does",
+        help="uint8 (data.preprocessing.normalise_on=train): images leave the data group as "
+        "uint8 and the train worker normalises them; float32 (normalise_on=data): the data "
+        "group does; default: as the config says (train unless set)",
     )
     p.add_argument(
         "--mosaic-python",

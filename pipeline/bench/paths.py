@@ -135,7 +135,8 @@ def measure_dataloader(ds: Dataset, workload, cpus: int, cores=None) -> dict:
         multiprocessing_context="fork",
         worker_init_fn=functools.partial(_pin_worker, cores),
     )
-    # uint8 images are normalised here, in the consumer, as the ray path's train worker does
+    # uint8 images are normalised here, in the consumer (on its CPU), as the ray path's
+    # Train worker does on its device
     on_device = workload.device_steps("train")
     x_col, y_col = workload.spec.input_column, workload.spec.label_column
     rows = 0

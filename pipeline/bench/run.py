@@ -48,15 +48,15 @@ class BenchOptions:
     object_store_mb: int = 100
     layout: str = "shared"  # "pinned": a local 3-node cluster, the data node on its own cores
     dataset: str = "synthetic"  # or "jpeg224"
-    ship: str = "uint8"  # data.preprocessing.normalise_on: uint8 = train, float32 = data
+    ship: str | None = None  # uint8 = normalise_on train, float32 = data; None: the config's
     mosaic_python: str | None = None  # the interpreter of the mosaic path's environment
     timeline: str | None = None  # the ray path's Ray timeline (Chrome trace), per storage
 
 
 def timeline_path(path: str, storage: str) -> str:
-    """--timeline t.json: t-local.json and t-s3.json, one per storage."""
-    stem, dot, ext = path.rpartition(".")
-    return f"{stem}-{storage}.{ext}" if dot else f"{path}-{storage}"
+    """--timeline t.json: t-local.json and t-s3.json, one per storage (in t.json's folder)."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{storage}{p.suffix}"))
 
 
 def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> dict:
@@ -69,7 +69,10 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
     local_root = ensure_local_dataset(workdir, opts.rows, cfg, opts.dataset)
     cfg = cfg.model_copy(deep=True)
     configure_dataset(cfg, opts.dataset, json.loads((local_root / "_manifest.json").read_text()))
-    cfg.data.preprocessing.normalise_on = "train" if opts.ship == "uint8" else "data"
+    pre = cfg.data.preprocessing
+    if opts.ship is not None:
+        pre.normalise_on = "train" if opts.ship == "uint8" else "data"
+    ship = "uint8" if pre.normalise_on == "train" else "float32"
 
     moto = None
     datasets: dict[str, Dataset] = {}
@@ -91,7 +94,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
         "data_cpus": cpus,
         "layout": opts.layout,
         "dataset": opts.dataset,
-        "ship": opts.ship,
+        "ship": ship,
         "storages": {},
     }
     if pinned:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pipeline.bench import BenchOptions, advise_data_cpus, finalize, format_table
 
 
@@ -91,3 +93,18 @@ def test_efficiency_per_epoch_and_after_the_first():
     table = format_table(results)
     assert "per epoch 0.25, 0.50, 1.00; epochs after the first 0.67" in table
     assert "on the same data cores" in table
+
+
+@pytest.mark.parametrize(
+    ("given", "written"),
+    [
+        ("t.json", "t-local.json"),
+        ("/tmp/runs/t.json", "/tmp/runs/t-local.json"),
+        ("out.d/trace", "out.d/trace-local"),  # a dot in a folder's name is not a suffix
+        ("./trace", "trace-local"),
+    ],
+)
+def test_the_timeline_goes_beside_the_given_file_one_per_storage(given, written):
+    from pipeline.bench.run import timeline_path
+
+    assert timeline_path(given, "local") == written
