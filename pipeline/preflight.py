@@ -148,27 +148,27 @@ def _data_side(workload: Workload, samples: dict, fs_by_split: dict, prefixes: d
     return out
 
 
-def _train_side(workload: Workload, rows: dict[str, np.ndarray], run_forward: bool) -> dict:
+def _train_side(
+    workload: Workload,
+    rows: dict[str, np.ndarray],
+    run_forward: bool,
+    validation_rows: dict[str, np.ndarray] | None = None,
+) -> dict:
     """On a train-group node: resolve the model, loss and loop as a train worker does, apply
-    the device transforms to the preprocessed rows, then run the forward and the loss on them,
-    on CPU. Returns the model factory's facts, taken from the batch the model gets."""
+    the device transforms to each split's preprocessed rows (a transform may differ by split),
+    then run the forward and the loss on them, on CPU. Returns the model factory's facts,
+    taken from the train batch the model gets."""
     import torch
 
     for ref in (workload.model, workload.loop, workload.loss):
         if ref is not None:
             ref.target("train")
     spec = workload.spec
-    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}
     steps = workload.device_steps("train")
-    if steps:
-        batch = steps(batch, "train")
-        for col, what, fld in spec.model_columns():
-            if not isinstance(batch.get(col), torch.Tensor):
-                raise UserCodeError(
-                    f"data.device_transform: the batch it returns has no tensor '{col}' ({what}, "
-                    f"{fld}); it has: {', '.join(batch) or 'nothing'}"
-                )
-    x, y = batch[spec.input_column], batch[spec.label_column]
+    batches = {"train": _on_device(spec, steps, rows, "train")}
+    if validation_rows is not None:
+        batches["validation"] = _on_device(spec, steps, validation_rows, "validation")
+    x, y = batches["train"][spec.input_column], batches["train"][spec.label_column]
     facts = model_facts(workload.cfg, tuple(x.shape), tuple(y.shape))
     if not run_forward:
         return facts
@@ -178,31 +178,53 @@ def _train_side(workload: Workload, rows: dict[str, np.ndarray], run_forward: bo
             f"train.model: {workload.model.name}(...) returned {type(model).__name__}, "
             "expected a torch.nn.Module"
         )
-    model.train(len(x) > 1)  # BatchNorm cannot train on one row
-    try:
-        outputs = model(x)
-    except Exception as e:
-        raise UserCodeError(
-            f"train.model ({workload.model.name}): forward failed on the first batch (input "
-            f"'{spec.input_column}' {_describe(x)}): "
-            f"{e.__class__.__name__}: {first_line(e)}"
-        ) from None
     loss_fn = workload.loss.build("train") if workload.loss else task_loss(spec.task)
     field_name = f"train.loss ({workload.loss.name})" if workload.loss else "train.task"
-    try:
-        loss = loss_fn(outputs, y)
-    except Exception as e:
-        out_shape = list(outputs.shape) if hasattr(outputs, "shape") else type(outputs).__name__
-        raise UserCodeError(
-            f"{field_name}: the loss failed on the model's output {out_shape} and labels "
-            f"{_describe(y)}: {e.__class__.__name__}: {first_line(e)}"
-        ) from None
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise UserCodeError(
-            f"{field_name} returned {shape}, expected a scalar tensor (reduce it, e.g. .mean())"
-        )
+    for split, batch in batches.items():
+        x, y = batch[spec.input_column], batch[spec.label_column]
+        which = "first batch" if split == "train" else "first validation batch"
+        model.train(split == "train" and len(x) > 1)  # BatchNorm cannot train on one row
+        try:
+            with torch.set_grad_enabled(split == "train"):
+                outputs = model(x)
+        except Exception as e:
+            raise UserCodeError(
+                f"train.model ({workload.model.name}): forward failed on the {which} (input "
+                f"'{spec.input_column}' {_describe(x)}): "
+                f"{e.__class__.__name__}: {first_line(e)}"
+            ) from None
+        try:
+            loss = loss_fn(outputs, y)
+        except Exception as e:
+            shape = list(outputs.shape) if hasattr(outputs, "shape") else type(outputs).__name__
+            raise UserCodeError(
+                f"{field_name}: the loss failed on the model's output {shape} and labels "
+                f"{_describe(y)} of the {which}: {e.__class__.__name__}: {first_line(e)}"
+            ) from None
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise UserCodeError(
+                f"{field_name} returned {shape}, expected a scalar tensor (reduce it, e.g. .mean())"
+            )
     return facts
+
+
+def _on_device(spec, steps, rows: dict[str, np.ndarray], split: str) -> dict:
+    """Preprocessed rows as the tensors a train worker's loop gets for ``split``: after the
+    device transforms, with the model's columns checked."""
+    import torch
+
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}
+    if not steps:
+        return batch
+    batch = steps(batch, split)
+    for col, what, fld in spec.model_columns():
+        if not isinstance(batch.get(col), torch.Tensor):
+            raise UserCodeError(
+                f"data.device_transform: the {split} batch it returns has no tensor '{col}' "
+                f"({what}, {fld}); it has: {', '.join(batch) or 'nothing'}"
+            )
+    return batch
 
 
 def learn_from_output(workload: Workload, result: dict) -> Workload:
@@ -266,7 +288,12 @@ def check_user_code(p: Plan) -> Workload:
         learn_from_output(workload, result)
         # a user's loop may build its own model: the forward runs when train.model is used
         run_forward = workload.loop.spec == SUPERVISED_LOOP or workload.model_is_users()
-        workload.facts = ray.get(train_task.remote(workload, result["train"]["rows"], run_forward))
+        val = result.get("validation")
+        workload.facts = ray.get(
+            train_task.remote(
+                workload, result["train"]["rows"], run_forward, val["rows"] if val else None
+            )
+        )
     except Exception as e:
         cause = find_pipeline_error(e)
         if cause is not None:

@@ -87,6 +87,11 @@ def userpkg(tmp_path, monkeypatch):
 
             def divide_by_zero(batch):
                 return 1 / 0
+
+            def widen_train_only(batch, split):
+                if split == "train":
+                    batch["features"] = batch["features"].repeat(1, 2)
+                return batch
             """
         )
     )
@@ -247,7 +252,7 @@ def test_a_device_transform_runs_before_the_forward_and_sets_the_facts(userpkg):
     [
         (
             "drop_features",
-            "data.device_transform: the batch it returns has no tensor 'features' (the "
+            "data.device_transform: the train batch it returns has no tensor 'features' (the "
             "model's input, train.input_column); it has: label",
         ),
         (
@@ -272,6 +277,34 @@ def test_a_device_transform_that_breaks_the_batch_is_named(userpkg, transform, m
     with pytest.raises(UserCodeError) as e:
         _train_side(w, rows, True)
     assert str(e.value) == message
+
+
+def test_a_device_transform_is_also_checked_on_the_validation_batch(userpkg):
+    from pipeline.preflight import _train_side
+
+    rows = {"features": np.ones((4, 2), np.float32), "label": np.array([0, 1, 2, 1])}
+    w = _workload(
+        userpkg, "userpkg.code:model", overrides=["data.device_transform=userpkg.code:widen"]
+    )
+    # the same steps on both splits: the model takes both batches
+    assert _train_side(w, rows, True, dict(rows))["num_features"] == 4
+    # a transform that widens train batches only: the model (4 wide) fails on validation's
+    w = _workload(
+        userpkg,
+        "userpkg.code:model",
+        overrides=["data.device_transform=userpkg.code:widen_train_only"],
+    )
+    with pytest.raises(UserCodeError) as e:
+        _train_side(w, rows, True, dict(rows))
+    assert str(e.value).startswith(
+        "train.model (userpkg.code:model): forward failed on the first validation batch "
+        "(input 'features' float32 [4, 2]): RuntimeError: "
+    )
+    w = _workload(
+        userpkg, "userpkg.code:model", overrides=["data.device_transform=userpkg.code:tensor_only"]
+    )
+    with pytest.raises(UserCodeError, match="returned Tensor on a train batch"):
+        _train_side(w, rows, False, dict(rows))
 
 
 def test_a_preprocessing_that_drops_rows_still_gets_the_bad_record_policy(userpkg, tmp_path):
