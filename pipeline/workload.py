@@ -128,12 +128,13 @@ def device_transforms(cfg: PipelineConfig, preprocess: UserCallable, code: UserC
     steps' normalisation (when they ship uint8), then data.device_transform."""
     out = []
     if preprocess.spec == IMAGE_PREPROCESS and preprocess.args.get("normalise_on") == "train":
-        pre = cfg.data.preprocessing
+        pre = cfg.data.preprocessing  # the statistics the data-side steps were given win
+        args = preprocess.args
         out.append(
             UserCallable(
                 "data.preprocessing.normalise_on",
                 IMAGE_NORMALISE,
-                args={"mean": pre.mean, "std": pre.std},
+                args={"mean": args.get("mean", pre.mean), "std": args.get("std", pre.std)},
             )
         )
     data = cfg.data

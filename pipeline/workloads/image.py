@@ -218,9 +218,11 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> 
         flip = rng.random(n) < 0.5
         x = x.copy() if x is images else x
         x[flip] = x[flip, :, ::-1]
-    if not n or (aug.brightness <= 0 and aug.noise_std <= 0):
+    if aug.brightness <= 0 and aug.noise_std <= 0:
         return x
-    x = x.astype(np.float32)
+    x = x.astype(np.float32)  # an empty batch too: every batch of these settings is float32
+    if not n:
+        return x
     if aug.brightness > 0:
         scale = rng.uniform(1 - aug.brightness, 1 + aug.brightness, size=(n, 1, 1, 1))
         x *= scale.astype(np.float32)

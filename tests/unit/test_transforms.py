@@ -107,6 +107,10 @@ def test_shift_and_flip_keep_uint8_and_brightness_makes_floats(images):
     assert not np.array_equal(flipped, images)  # seed 0 mirrors some of the 16
     np.testing.assert_array_equal(images, before)  # the decoded batch is left as it was
     assert augment(images, np.random.default_rng(), Augmentation()).dtype == np.float32
+    # a batch whose every record was bad keeps the dtype of the other batches
+    empty = images[:0]
+    assert augment(empty, np.random.default_rng(), aug).dtype == np.uint8
+    assert augment(empty, np.random.default_rng(), Augmentation()).dtype == np.float32
 
 
 def test_augmentation_differs_between_calls_and_keeps_shape(images):
@@ -186,3 +190,23 @@ def test_check_labels_for_regression_keeps_floats_and_names_non_finite_targets()
     assert labels.dtype == np.float32
     assert [b.index for b in bad] == [1, 3] and "not finite" in bad[0].reason
     assert list(labels[[0, 2]]) == [0.5, -2.0]
+
+
+def test_the_device_normalisation_takes_the_statistics_the_image_steps_were_given():
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.usercode import UserCallable
+    from pipeline.workload import IMAGE_PREPROCESS, UserCode, device_transforms
+
+    cfg = load_config(None, [])  # data.preprocessing's mean/std: 0.5
+    # data.preprocess naming the built-in steps, with statistics of its own
+    own = {"normalise_on": "train", "mean": [0.1307], "std": [0.3081]}
+    pre = UserCallable("data.preprocess", IMAGE_PREPROCESS, args=own)
+    (norm,) = device_transforms(cfg, pre, UserCode())
+    x = torch.full((1, 1, 1, 1), 255, dtype=torch.uint8)
+    out = norm.build("train")({"image": x}, split="train")["image"]
+    assert out.item() == pytest.approx((1 - 0.1307) / 0.3081, rel=1e-5)
+    # normalised on the data group: nothing left for the device
+    pre = UserCallable("data.preprocess", IMAGE_PREPROCESS, args={**own, "normalise_on": "data"})
+    assert device_transforms(cfg, pre, UserCode()) == []
