@@ -149,8 +149,9 @@ class DataSection(_Section):
     local_shuffle_buffer: int = Field(
         1024,
         ge=0,
-        description="rows; 0 disables; at most 1/8 of the train node's object store (a run "
-        "that caps it says so)",
+        description="rows; 0 disables; at most 1/8 of the train node's object store, never "
+        "below one batch (a run that caps it says so); a fetch (data.batches_per_fetch) "
+        "holds no more rows than the buffer",
     )
     batch_size: int = Field(64, ge=1, description="per train worker")
     validation_batch_size: int = Field(512, ge=1)
@@ -159,7 +160,8 @@ class DataSection(_Section):
         0,
         ge=0,
         description="train batches Ray Data assembles at once, handed to the loop as slices: "
-        "Ray's cost per batch is paid once per fetch; 0 = as many as fit in 8 MiB, at most 8",
+        "Ray's cost per batch is paid once per fetch; 0 = as many as fit in 8 MiB, at most 8; "
+        "with shuffling, at most the local shuffle buffer's rows",
     )
     map_batch_size: int = Field(512, ge=1, description="rows per preprocessing call")
     read_tasks: int = Field(

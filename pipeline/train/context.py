@@ -76,7 +76,8 @@ SHUFFLE_STORE_SHARE = 8  # the local shuffle buffer takes at most 1/8 of the nod
 
 
 def node_object_store_bytes() -> int | None:
-    """This Ray node's object store size (None outside Ray, or when Ray does not say)."""
+    """This Ray node's object store size (None when Ray does not say); in a Ray worker or
+    a connected driver."""
     node_id = ray.get_runtime_context().get_node_id()
     for node in ray.nodes():
         if node.get("NodeID") == node_id:
@@ -99,16 +100,26 @@ def shuffle_buffer_rows(workload, batch_size: int, store_bytes: int | None) -> i
     return max(batch_size, min(rows, cap))
 
 
+def fetch_plan(workload, batch_size: int, store_bytes: int | None) -> tuple[int, int]:
+    """(batches per fetch, local shuffle buffer rows) of the train stream. Ray's shuffling
+    batcher holds at least a fetch of rows, so with shuffling a fetch is kept within the
+    buffer (a buffer capped for a small store stays capped)."""
+    shuffle_rows = shuffle_buffer_rows(workload, batch_size, store_bytes)
+    per_fetch = batches_per_fetch(workload, batch_size)
+    if shuffle_rows > 0:
+        per_fetch = min(per_fetch, max(1, shuffle_rows // batch_size))
+    return per_fetch, shuffle_rows
+
+
 def train_stream(shard, workload, batch_size: int, device, store_bytes: int | None):
     """The train split's batches for one epoch, as the training loop streams them: shuffled
     through the capped local buffer (data.shuffle_seed when set), fetched several at once."""
     kwargs: dict[str, Any] = {}
-    shuffle_rows = shuffle_buffer_rows(workload, batch_size, store_bytes)
+    per_fetch, shuffle_rows = fetch_plan(workload, batch_size, store_bytes)
     if shuffle_rows > 0:
         kwargs["local_shuffle_buffer_size"] = shuffle_rows
         if workload.cfg.data.shuffle_seed is not None:
             kwargs["local_shuffle_seed"] = workload.cfg.data.shuffle_seed
-    per_fetch = batches_per_fetch(workload, batch_size)
     return stream_batches(shard, workload, "train", batch_size, device, per_fetch, **kwargs)
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.config import load_config
-from pipeline.train.context import batches_per_fetch, shuffle_buffer_rows
+from pipeline.train.context import batches_per_fetch, fetch_plan, shuffle_buffer_rows
 
 
 def _workload(row_bytes: int, *overrides: str):
@@ -46,3 +46,19 @@ def test_the_shuffle_buffer_takes_at_most_an_eighth_of_the_object_store(
 ):
     store = None if store_mib is None else store_mib << 20
     assert shuffle_buffer_rows(_workload(row_bytes, *overrides), 64, store) == expected
+
+
+@pytest.mark.parametrize(
+    ("row_bytes", "store_mib", "overrides", "expected"),
+    [
+        (800, 100, (), (8, 1024)),  # the default: 8 batches a fetch, well within the buffer
+        # photos with 4 batches a fetch set: the capped 87-row buffer keeps one batch a fetch
+        (150_536, 100, ("data.batches_per_fetch=4",), (1, 87)),
+        (800, 100, ("data.local_shuffle_buffer=200",), (3, 200)),  # 3 x 64 rows fit in 200
+        (800, 100, ("data.local_shuffle_buffer=0", "data.batches_per_fetch=4"), (4, 0)),
+    ],
+)
+def test_a_fetch_never_holds_more_rows_than_the_shuffle_buffer(
+    row_bytes, store_mib, overrides, expected
+):
+    assert fetch_plan(_workload(row_bytes, *overrides), 64, store_mib << 20) == expected
