@@ -228,17 +228,11 @@ def _on_device(spec, steps, rows: dict[str, np.ndarray], split: str) -> dict:
 
 
 def learn_from_output(workload: Workload, result: dict) -> Workload:
-    """Fill in what the preprocessing's output on real batches says: each split's dtypes, the
-    bytes of a preprocessed row and the model factory's facts."""
-    spec = workload.spec
-    train = result["train"]
+    """Fill in what the preprocessing's output on real batches says: each split's dtypes and
+    the bytes of a preprocessed row. The model factory's facts come from the train side
+    (``_train_side``): the batch the model gets, after the device transforms."""
     workload.dtypes = {k: v["dtypes"] for k, v in result.items()}
-    spec.row_bytes = train["row_bytes"]
-    workload.facts = model_facts(
-        workload.cfg,
-        tuple(train["shapes"][spec.input_column]),
-        tuple(train["shapes"][spec.label_column]),
-    )
+    workload.spec.row_bytes = result["train"]["row_bytes"]
     return workload
 
 
@@ -251,7 +245,9 @@ def local_workload(cfg: PipelineConfig, split: Split) -> Workload:
     prefix = "s3://" if split.loc.is_s3 else ""
     result = _data_side(workload, {"train": sample}, {"train": split.loc.fs}, {"train": prefix})
     result["validation"] = result["train"]
-    return learn_from_output(workload, result)
+    learn_from_output(workload, result)
+    workload.facts = _train_side(workload, result["train"]["rows"], run_forward=False)
+    return workload
 
 
 def _group(cfg_selector: dict[str, str], default: str) -> str:
