@@ -343,15 +343,15 @@ class Normalise:
         self.column = column
         m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
         s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-        self._scale_shift = (1.0 / (255.0 * s), m / s)
-        self._on: dict[Any, tuple[Any, Any]] = {}  # device -> (scale, shift) tensors
+        self._scale_offset = (1.0 / (255.0 * s), -m / s)  # x * scale + offset
+        self._on: dict[Any, tuple[Any, Any]] = {}  # device -> (scale, offset) tensors
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
         x = batch[self.column]
         if x.device not in self._on:
-            self._on[x.device] = tuple(torch.from_numpy(a).to(x.device) for a in self._scale_shift)
-        scale, shift = self._on[x.device]
-        batch[self.column] = torch.addcmul(-shift, x.to(torch.float32), scale)
+            self._on[x.device] = tuple(torch.from_numpy(a).to(x.device) for a in self._scale_offset)
+        scale, offset = self._on[x.device]
+        batch[self.column] = torch.addcmul(offset, x.to(torch.float32), scale)
         return batch
