@@ -212,6 +212,10 @@ def _human_lines(summary: dict, compact: dict) -> list[str]:
     total = sum(sum(v.values()) for v in skipped.values() if isinstance(v, dict))
     if total:
         lines.append(f"skipped records in the last epoch: {total} (see summary.json)")
+    if summary.get("startup"):
+        from pipeline.phases import describe
+
+        lines.append(describe(summary["startup"], summary.get("teardown") or {}))
     lines.append(f"checkpoint: {summary.get('checkpoint')}")
     lines.append(f"summary:    {summary.get('summary_uri')}")
     return lines
@@ -288,7 +292,7 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     pip = read_pip(args.pip)
     summary = run_training(cfg, args.address, working_dir=args.working_dir, pip=pip)
-    _shutdown_ray()
+    _shutdown_ray(summary)
     _print_summary(summary)
     return 0
 
@@ -313,7 +317,7 @@ def cmd_demo(args) -> int:
         flush=True,
     )
     summary = run_training(cfg, "local")
-    _shutdown_ray()
+    _shutdown_ray(summary)
     _print_summary(summary)
     return 0
 
@@ -356,11 +360,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _shutdown_ray() -> None:
+def _shutdown_ray(summary: dict | None = None) -> None:
+    """Leave Ray (the embedded one stops); a run's summary gets the time it took."""
     import ray
 
     if ray.is_initialized():
+        t = time.monotonic()
         ray.shutdown()
+        if summary is not None and "teardown" in summary:
+            summary["teardown"]["ray_shutdown"] = round(time.monotonic() - t, 3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,12 +92,19 @@ class ProgressBoard:
     def __init__(self):
         self.progress: dict[str, Any] = {}
         self.lines: list[str] = []
+        self.stamps: dict[str, float] = {}  # rank 0's start-up and tear-down moments
+
+    def stamp(self, stamps: dict[str, float]) -> None:
+        self.stamps.update(stamps)
 
     def post(self, progress: dict[str, Any]) -> None:
         self.progress = progress
 
     def say(self, line: str) -> None:
         self.lines.append(line)
+
+    def take_stamps(self) -> dict[str, float]:
+        return dict(self.stamps)
 
     def take(self) -> tuple[dict[str, Any], list[str]]:
         lines, self.lines = self.lines, []

@@ -254,9 +254,10 @@ def _group(cfg_selector: dict[str, str], default: str) -> str:
     return cfg_selector.get(NODE_GROUP_LABEL, default) if cfg_selector else default
 
 
-def check_user_code(p: Plan) -> Workload:
+def check_user_code(p: Plan, stamps: dict | None = None) -> Workload:
     """Resolve and run the workload's code on the driver, a data node and a train node; fill
-    in the dtypes, row size and model facts it learns. Raises one line on the first problem."""
+    in the dtypes, row size and model facts it learns. Raises one line on the first problem.
+    ``stamps`` (pipeline.phases.Stamps) gets the moment each group's check ended."""
     import ray
 
     workload = p.workload
@@ -282,6 +283,8 @@ def check_user_code(p: Plan) -> Workload:
             )
         )
         learn_from_output(workload, result)
+        if stamps is not None:
+            stamps.stamp("preflight_data")
         # a user's loop may build its own model: the forward runs when train.model is used
         run_forward = workload.loop.spec == SUPERVISED_LOOP or workload.model_is_users()
         val = result.get("validation")
@@ -295,6 +298,8 @@ def check_user_code(p: Plan) -> Workload:
         if cause is not None:
             raise cause from None
         raise
+    if stamps is not None:
+        stamps.stamp("preflight_train")
     _log_columns(workload, _group(data_sel, "data"))
     return workload
 

@@ -40,7 +40,9 @@ import torch.distributed as dist
 from pipeline import metrics
 from pipeline.config import PipelineConfig
 from pipeline.data import ROW_DIGEST_COLUMN, named_actor
+from pipeline.phases import Stamps
 from pipeline.records import DIGEST_MIX
+from pipeline.train.epochs import EpochIterator
 from pipeline.usercode import call_factory
 from pipeline.workload import task_loss
 
@@ -183,13 +185,13 @@ class TrainContext:
     """The pipeline's side of a training loop, on one train worker."""
 
     def __init__(self, loop_config: dict):
+        self._stamps = Stamps(loop_started=time.time())  # start-up phases (pipeline.phases)
         workload = loop_config["workload"]
         self.workload = workload
         self.config: PipelineConfig = workload.cfg
         self.args: dict[str, Any] = dict(workload.loop.args)
-        # Request the shards first: get_dataset_shard creates Ray Data's split coordinator (a
-        # new process), whose start-up then overlaps the model build; execution begins at the
-        # first batch request.
+        # Request the shards first: the first epoch's pass starts below, as soon as the
+        # epochs left are known, and its start-up then overlaps the model build.
         self._train_shard = ray.train.get_dataset_shard("train")
         self._val_shard = ray.train.get_dataset_shard("validation")
         context = ray.train.get_context()
@@ -219,6 +221,13 @@ class TrainContext:
             if self.rank == 0:
                 self.say(f"resuming from epoch {self.start_epoch} ({self._checkpoint.path})")
         self.epoch = self.start_epoch  # epochs finished so far
+        self._validates = False
+        for shard in (self._train_shard, self._val_shard):
+            if isinstance(shard, EpochIterator):
+                shard.plan(self.start_epoch, len(self.epochs))
+        if isinstance(self._train_shard, EpochIterator):
+            self._train_shard.start(self.start_epoch)
+        self._stamps.stamp("shards_ready")
         self._stats = _EpochStats(self.device)
         self._ledger = named_actor(loop_config.get("ledger")) if self.rank == 0 else None
         self._reset_ledger()
@@ -284,6 +293,7 @@ class TrainContext:
         stats = self._stats
         if stats.started is None:
             stats.started = time.perf_counter()
+        self._stamps.stamp("first_batch_asked")
         while True:
             t = time.perf_counter()
             batch = next(batches, None)
@@ -291,6 +301,9 @@ class TrainContext:
             stats.wait += waited
             if stats.first_batch_s is None:
                 stats.first_batch_s = waited
+                if "first_batch" not in self._stamps:
+                    self._stamps.stamp("first_batch")
+                    self._post_stamps()
             if batch is None:
                 return
             digest = batch.pop(ROW_DIGEST_COLUMN)
@@ -303,6 +316,11 @@ class TrainContext:
     def validation_batches(self, batch_size: int | None = None):
         """The whole validation split (every worker sees all of it), as tensors on the device."""
         size = batch_size or self.config.data.validation_batch_size
+        if not self._validates and isinstance(self._val_shard, EpochIterator):
+            # this loop validates: from now on each epoch's validation pass starts with the
+            # next epoch's train pass, before this epoch's training ends
+            self._validates = True
+            self._train_shard.start_with(self._val_shard)
         for batch in stream_batches(
             self._val_shard, self.workload, "validation", size, self.device
         ):
@@ -351,12 +369,18 @@ class TrainContext:
             ray.train.report(
                 record, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{self.epoch + 1:04d}"
             )
+        self._stamps["last_report"] = time.time()
+        self._post_stamps()
         self.epoch += 1
         self._stats = _EpochStats(self.device)
         self._reset_ledger()
         return record
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _post_stamps(self) -> None:
+        if self._board is not None:
+            self._board.stamp.remote(dict(self._stamps))
 
     def _post(self) -> None:
         """Rank 0's progress to the driver's bar and to the metrics (rows scaled to all

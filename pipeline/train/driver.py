@@ -18,7 +18,6 @@ import ray
 import ray.train
 from ray.train import (
     CheckpointConfig,
-    DataConfig,
     FailureConfig,
     RunConfig,
     ScalingConfig,
@@ -39,6 +38,7 @@ from pipeline.config import PipelineConfig
 from pipeline.console import BOARD_NAMESPACE, ProgressBoard, ProgressPrinter, board_name
 from pipeline.data import LEDGER_NAMESPACE, BadRecordLedger, build_dataset, ledger_name
 from pipeline.errors import DataError, StorageError, UserCodeError, find_pipeline_error
+from pipeline.phases import Stamps, process_started, startup_phases, teardown_phases
 from pipeline.preflight import check_user_code, plan
 from pipeline.runtime_env import build_runtime_env, check_working_dir, upload_working_dir
 from pipeline.storage import (
@@ -49,6 +49,7 @@ from pipeline.storage import (
     write_json,
 )
 from pipeline.train.context import HISTORY_FILE, TrainContext
+from pipeline.train.epochs import EpochDataConfig
 from pipeline.workload import UserCode, Workload
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,16 @@ def build_trainer(
     storage,
     loop=None,
     extra_loop_config: dict | None = None,
+    rows: dict[str, int] | None = None,
 ) -> Any:
     """The TorchTrainer for ``cfg``: workers on the train group, data options on the data group.
 
-    ``loop`` defaults to the training loop; the benchmark passes its own timing loop."""
+    ``loop`` defaults to the training loop; the benchmark passes its own timing loop.
+    ``rows``: each dataset's rows, so a worker knows when to start its next epoch's pass
+    (without them it learns the count from its first epoch)."""
     tr = cfg.train
     resources = dict(tr.resources_per_worker) if tr.resources_per_worker else None
-    data_options = DataConfig.default_ingest_options()
+    data_options = EpochDataConfig.default_ingest_options()
     if cfg.data.placement.selector:
         data_options.label_selector = dict(cfg.data.placement.selector)
     return TorchTrainer(
@@ -111,9 +115,13 @@ def build_trainer(
             callbacks=[StopOnDataError()],
         ),
         datasets=datasets,
-        # Split even for one worker: the split's coordinator actor runs the executor, which
-        # in the worker's own process would share its GIL (measured: 30% fewer rows/s).
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=data_options),
+        # Every epoch is a pass of its own, started while the one before still streams
+        # (pipeline.train.epochs). Each runs in a split coordinator actor, even the
+        # validation split and a single worker's: in the worker's own process the executor
+        # would share its GIL (measured: 30% fewer rows/s).
+        dataset_config=EpochDataConfig(
+            datasets_to_split=["train"], execution_options=data_options, rows=rows
+        ),
     )
 
 
@@ -234,11 +242,15 @@ def run_training(
     config, endpoint, dataset or piece of user code costs seconds and leaves existing
     checkpoints untouched."""
     started = time.monotonic()
+    stamps = Stamps(process_started=process_started())
+    stamps.stamp("run_started")
     p = plan(cfg, code)
+    stamps.stamp("planned")
     cfg = p.workload.cfg
     storage = resolve(cfg.storage.checkpoint_uri, cfg.s3, "storage.checkpoint_uri")
     check_bucket(storage, cfg.s3)
     runtime_env = _runtime_env(cfg, working_dir, pip)
+    stamps.stamp("storage_checked")
 
     address = connect(address, runtime_env=runtime_env)
     if address == EMBEDDED:
@@ -246,7 +258,8 @@ def run_training(
         p.workload.cfg = cfg
     else:
         check_placement(cfg)
-    workload = check_user_code(p)
+    stamps.stamp("ray_connected")
+    workload = check_user_code(p, stamps)
     warm_up_data_workers(cfg.data.placement.selector)
 
     name = ledger_name(cfg.storage.run_name)
@@ -259,12 +272,16 @@ def run_training(
         "board": board_name(cfg.storage.run_name),
         "train_rows": p.splits.train.rows,
     }
-    trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config)
+    rows = {"train": p.splits.train.rows, "validation": p.splits.validation.rows}
+    trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config, rows=rows)
+    stamps.stamp("fit_called")
     try:
         with ProgressPrinter(board):
             result = trainer.fit()
     except Exception as e:
         raise _user_error(e, cfg, storage) from None
+    stamps.stamp("fit_returned")
+    stamps.update({k: v for k, v in ray.get(board.take_stamps.remote()).items() if k not in stamps})
 
     examples = ray.get(ledger.snapshot.remote())["examples"]
     history = read_history(result.checkpoint)
@@ -279,6 +296,7 @@ def run_training(
             "train_rows_in_dataset": p.splits.train.rows,
             "class_names": workload.columns.class_names,
             "runtime_env": runtime_env or None,
+            "startup": startup_phases(stamps),
             "bad_records": {  # rows skipped in one pass over each split (the last epoch)
                 "skipped_rows": history[-1].get("skipped_records", {}) if history else {},
                 "skipped_files": skipped_files,
@@ -286,5 +304,9 @@ def run_training(
             },
         },
     )
+    summary["teardown"] = teardown_phases(stamps)
     summary["summary_uri"] = write_json(storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary)
+    # the file cannot hold its own write: the summary returned (and printed) does
+    stamps.stamp("summary_written")
+    summary["teardown"] = teardown_phases(stamps)
     return summary
