@@ -179,6 +179,11 @@ class _EpochStats:
         self.started: float | None = None
         self.posted_rows = 0  # rows already counted in the metrics
         self.digest = torch.zeros(2, device=device, dtype=torch.int64)
+        # what the stream delivered, for the record's `stream` figures: an order-sensitive
+        # fingerprint of the rows (a new file order changes it) and the sum of the model's
+        # input (fresh augmentation changes it); device tensors, read once per epoch
+        self.order = torch.zeros((), device=device, dtype=torch.int64)
+        self.input_sum = torch.zeros((), device=device, dtype=torch.float64)
 
 
 class TrainContext:
@@ -308,6 +313,9 @@ class TrainContext:
                 return
             digest = batch.pop(ROW_DIGEST_COLUMN)
             stats.digest += torch.stack([digest.sum(), ((digest * DIGEST_MIX) & 0xFFFFFFFF).sum()])
+            stats.order = stats.order * 1_000_003 + digest.sum()  # wraps around: a fingerprint
+            if self.input_column in batch:
+                stats.input_sum += batch[self.input_column].sum(dtype=torch.float64)
             stats.rows += len(digest)
             if self.rank == 0 and time.perf_counter() - self._posted_at >= PROGRESS_INTERVAL_S:
                 self._post()
@@ -333,9 +341,14 @@ class TrainContext:
         Ray Train. Returns the metrics as recorded."""
         stats = self._stats
         elapsed = time.perf_counter() - stats.started if stats.started is not None else 0.0
-        total_rows, wait_sum = _reduce([stats.rows, stats.wait], "sum")
+        total_rows, wait_sum, input_sum = _reduce(
+            [stats.rows, stats.wait, float(stats.input_sum)], "sum"
+        )
         digest = _reduce_int(stats.digest)
         (max_elapsed,) = _reduce([elapsed], "max")
+        mine = torch.zeros(self.world_size, dtype=torch.int64, device=self.device)
+        mine[self.rank] = stats.rows
+        rows_per_worker = _reduce_int(mine)
         record: dict[str, Any] = {"epoch": self.epoch + 1}
         record.update({k: _plain(v) for k, v in metrics.items()})
         record.update(
@@ -346,6 +359,11 @@ class TrainContext:
                 "data_wait_fraction": (wait_sum / self.world_size) / max(max_elapsed, 1e-9),
                 "first_batch_s": stats.first_batch_s or 0.0,
                 "train_digest": digest,
+                "stream": {
+                    "rows_per_worker": rows_per_worker,
+                    "order_fingerprint": int(stats.order),  # rank 0's
+                    "input_sum": input_sum,
+                },
             }
         )
         checkpoint = None

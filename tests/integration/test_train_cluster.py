@@ -100,7 +100,8 @@ def test_the_console_shows_the_pipelines_lines_and_not_rays(first_run):
     assert "\r" not in r.stderr and "\x1b" not in r.stderr  # not a terminal: plain lines
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) <= 40, "\n".join(lines)
-    assert lines[-3].startswith("done: val_accuracy ") and lines[-1].startswith("summary:")
+    assert lines[-4].startswith("done: val_accuracy ") and lines[-1].startswith("summary:")
+    assert lines[-3].startswith("start-up: ") and " to the first batch (" in lines[-3]
     last = r.last_line()  # compact: the history stays in summary.json
     assert "history" not in last and last["summary_uri"].endswith(f"{RUN}/summary.json")
     assert set(last) >= {"val_accuracy", "epochs", "rows_per_s", "data_wait_fraction"}
