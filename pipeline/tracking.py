@@ -42,7 +42,7 @@ TAG_DATASET = "ray_pipeline.dataset_uri"
 TAG_VALIDATION = "ray_pipeline.validation_uri"
 TAG_IMAGE = "ray_pipeline.image"
 IMAGE_ENV = "RAY_PIPELINE_IMAGE"  # set by the chart on every Ray container
-PROBE_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 15.0  # a loaded server answers its first API call in seconds
 PARAM_MAX_CHARS = 6000  # MLflow refuses longer parameter values
 # The MLflow client retries a request 7 times with doubling back-off (minutes against a server
 # that is down): a training step must not wait that long; the driver sends what is left.
@@ -465,7 +465,15 @@ def final_model(workload, checkpoint):
 def _log_model(target: MlflowRun, model) -> None:
     import mlflow
     import mlflow.pytorch
+    import torch
 
     mlflow.set_tracking_uri(target.uri)
     with mlflow.start_run(run_id=target.run_id):
-        mlflow.pytorch.log_model(model, name="model")
+        # pickle: the default (pt2) traces forward() and needs an input example; the pins are
+        # given so MLflow does not infer them by loading the model in a subprocess
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )

@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.conftest import FAKE_AWS, ROOT, free_port
 
 SERVER_VENV = ROOT / ".venv-mlflow-server"
-START_TIMEOUT_S = 120  # a first start migrates the sqlite schema
+START_TIMEOUT_S = 300  # a first start migrates the sqlite schema (minutes on 2 busy cores)
 
 
 def client_version() -> str:
@@ -43,7 +43,7 @@ def server_bin() -> Path:
                 "install",
                 "-q",
                 "--disable-pip-version-check",
-                f"mlflow=={client_version()}",
+                f"mlflow[auth]=={client_version()}",  # auth: a server that checks credentials
                 "boto3",
             ],
             check=True,
@@ -73,16 +73,16 @@ class MlflowServer:
 
 
 def start_server(
-    workdir: Path, s3_endpoint: str, artifacts: str, port: int | None = None, *extra: str
+    workdir: Path, s3_endpoint: str, artifacts: str, *extra: str, env: dict | None = None
 ) -> MlflowServer:
     """``mlflow server`` on 127.0.0.1 (sqlite in ``workdir``, artifacts proxied to
     ``artifacts`` on the moto endpoint), answering its REST API."""
     import requests
 
-    port = port or free_port()
+    port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"mlflow-server-{port}.log"
-    env = {**os.environ, **FAKE_AWS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    env = {**os.environ, **FAKE_AWS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **(env or {})}
     cmd = [
         str(server_bin()),
         "server",
@@ -100,7 +100,7 @@ def start_server(
     ]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
         )
     server = MlflowServer(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -108,7 +108,11 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"mlflow server exited:\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(f"{server.uri}/health", timeout=2).status_code == 200:
+            # the REST API, not only /health: its first call initialises the store
+            r = requests.get(
+                f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30
+            )
+            if r.status_code in (200, 401):  # 401: it answers, and wants credentials
                 return server
         except requests.RequestException:
             pass
