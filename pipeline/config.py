@@ -330,11 +330,49 @@ class S3Section(_Section):
         return data
 
 
+class MlflowSection(_Section):
+    uri: str | None = Field(
+        None,
+        description="the MLflow tracking server (http(s)://host:port); default: "
+        "$MLFLOW_TRACKING_URI; unset: no MLflow run. Credentials come from "
+        "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the environment",
+    )
+    experiment: str = Field("ray-pipeline", min_length=1, description="created when missing")
+    log_model: bool = Field(False, description="log the final model with mlflow.pytorch")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r}: expected an http(s):// URL of an MLflow tracking server")
+        return v
+
+    def tracking_uri(self) -> str | None:
+        """The server: this section's uri, else $MLFLOW_TRACKING_URI (http(s) only)."""
+        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        return uri if uri and uri.startswith(("http://", "https://")) else None
+
+
+class WandbSection(_Section):
+    project: str | None = Field(
+        None,
+        description="a Weights & Biases project; unset: no W&B run. WANDB_API_KEY, "
+        "WANDB_BASE_URL and WANDB_MODE come from the environment",
+    )
+    entity: str | None = None
+
+
+class TrackingSection(_Section):
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    wandb: WandbSection = Field(default_factory=WandbSection)
+
+
 class PipelineConfig(_Section):
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     storage: StorageSection = Field(default_factory=StorageSection)
     s3: S3Section = Field(default_factory=S3Section)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
 
 
 def check_uri(v: str) -> str:

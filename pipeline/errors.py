@@ -35,6 +35,11 @@ class ClusterError(PipelineError):
     """The Ray cluster cannot run the job as configured (e.g. no node matches a selector)."""
 
 
+class TrackingError(PipelineError):
+    """The experiment tracker (tracking.mlflow.uri) does not answer, refuses the credentials,
+    or its artifact store cannot be written."""
+
+
 class KubernetesError(PipelineError):
     """The Kubernetes API, a CRD or a namespace needed for submission is missing."""
 

@@ -37,7 +37,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from pipeline import metrics
+from pipeline import metrics, tracking
 from pipeline.config import PipelineConfig
 from pipeline.data import ROW_DIGEST_COLUMN, named_actor
 from pipeline.phases import Stamps
@@ -235,6 +235,11 @@ class TrainContext:
         self._stamps.stamp("shards_ready")
         self._stats = _EpochStats(self.device)
         self._ledger = named_actor(loop_config.get("ledger")) if self.rank == 0 else None
+        self._tracking = (  # only rank 0 logs to the experiment tracker
+            tracking.EpochLog(loop_config.get("tracking"), self.config, self.say)
+            if self.rank == 0
+            else None
+        )
         self._reset_ledger()
 
     # --- what a loop uses -------------------------------------------------------------------
@@ -384,6 +389,8 @@ class TrainContext:
                 checkpoint = ray.train.Checkpoint.from_directory(d)
                 self.say(format_epoch(record, self.config.train.epochs))
                 self._record_metrics(record)
+                if self._tracking is not None:
+                    self._tracking.log(record)
             ray.train.report(
                 record, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{self.epoch + 1:04d}"
             )

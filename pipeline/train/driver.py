@@ -48,6 +48,7 @@ from pipeline.storage import (
     resolve_endpoint,
     write_json,
 )
+from pipeline.tracking import check_tracking, final_model, finish_tracking, open_tracking
 from pipeline.train.context import HISTORY_FILE, TrainContext
 from pipeline.train.epochs import EpochDataConfig
 from pipeline.workload import UserCode, Workload
@@ -249,6 +250,7 @@ def run_training(
     cfg = p.workload.cfg
     storage = resolve(cfg.storage.checkpoint_uri, cfg.s3, "storage.checkpoint_uri")
     check_bucket(storage, cfg.s3)
+    check_tracking(cfg)
     runtime_env = _runtime_env(cfg, working_dir, pip)
     stamps.stamp("storage_checked")
 
@@ -272,6 +274,9 @@ def run_training(
         "board": board_name(cfg.storage.run_name),
         "train_rows": p.splits.train.rows,
     }
+    run_folder = f"{storage.uri}/{cfg.storage.run_name}"
+    tracked = open_tracking(cfg, run_folder, ray.get_runtime_context().get_job_id())
+    loop_config["tracking"] = tracked
     rows = {"train": p.splits.train.rows, "validation": p.splits.validation.rows}
     trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config, rows=rows)
     stamps.stamp("fit_called")
@@ -306,6 +311,10 @@ def run_training(
     )
     summary["teardown"] = teardown_phases(stamps)
     summary["summary_uri"] = write_json(storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary)
+    if tracked.active:  # summary.json then says what the tracker could not take
+        model = final_model(workload, result.checkpoint) if cfg.tracking.mlflow.log_model else None
+        summary["tracking"] = finish_tracking(tracked, summary, model)
+        write_json(storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary)
     # the file cannot hold its own write: the summary returned (and printed) does
     stamps.stamp("summary_written")
     summary["teardown"] = teardown_phases(stamps)

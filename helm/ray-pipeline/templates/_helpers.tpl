@@ -212,7 +212,8 @@ pipelineConfig, then the keys the chart owns (placement selectors, train sizing,
         "num_workers" (mul (include "ray-pipeline.trainPods" . | int) (include "ray-pipeline.trainWorkersPerPod" . | int))
         "use_gpu" (gt $gpus 0)
         "resources_per_worker" $perWorker)
-      "s3" $s3 -}}
+      "s3" $s3
+      "tracking" (include "ray-pipeline.trackingConfig" . | fromYaml) -}}
 {{- $user := deepCopy (default (dict) .Values.pipelineConfig) -}}
 {{- toYaml (mergeOverwrite $defaults $user $owned) -}}
 {{- end -}}
@@ -338,7 +339,7 @@ Checks JSON Schema cannot express. Each message names the value to fix.
 
 {{/* A name that holds a credential (keys of the config, names of env vars). */}}
 {{- define "ray-pipeline.credentialPattern" -}}
-(?i)(secret|passw|credential|access_key|(^|_)token$)
+(?i)(secret|passw|credential|access_key|api_key|(^|_)token$)
 {{- end -}}
 
 {{/* Credential-like keys anywhere in the pipeline config are refused: it becomes a ConfigMap. */}}
@@ -391,8 +392,8 @@ created-by=kuberay-operator (common/service.go: BuildServiceForHeadPod) and woul
 {{- define "ray-pipeline.validateEnv" -}}
 {{- $path := .path -}}
 {{- range $i, $var := .env -}}
-{{- if has $var.name (list "RAY_PIPELINE_CONFIG" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_ENDPOINT_URL_S3") -}}
-{{- fail (printf "%s[%d]: %s is set by the chart (config path / s3.credentials / s3.endpoint); remove it" $path $i $var.name) -}}
+{{- if has $var.name (list "RAY_PIPELINE_CONFIG" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_ENDPOINT_URL_S3" "MLFLOW_TRACKING_URI" "MLFLOW_TRACKING_USERNAME" "MLFLOW_TRACKING_PASSWORD" "MLFLOW_TRACKING_TOKEN" "WANDB_API_KEY") -}}
+{{- fail (printf "%s[%d]: %s is set by the chart (config path / s3.credentials / s3.endpoint / tracking.*); remove it" $path $i $var.name) -}}
 {{- end -}}
 {{- if and (hasKey $var "value") (regexMatch (include "ray-pipeline.credentialPattern" $) $var.name) -}}
 {{- fail (printf "%s[%d]: %s has a literal value; credentials come only from Secrets (valueFrom.secretKeyRef)" $path $i $var.name) -}}
@@ -444,6 +445,7 @@ PodMonitor scrapes it by name, the NetworkPolicy admits networkPolicy.metricsFro
 - name: AWS_ENDPOINT_URL_S3
   value: {{ . | quote }}
 {{- end }}
+{{- include "ray-pipeline.trackingEnv" .root }}
 {{- with .group.env }}
 {{ toYaml . }}
 {{- end }}
