@@ -294,6 +294,12 @@ class TrainSection(_Section):
 class StorageSection(_Section):
     run_name: str = Field("digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     checkpoint_uri: str = "runs"
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=1,
+        description="one writer per run: the run's lease (renewed every third of this) is "
+        "stale, and may be taken over by a new run of the same name, when not renewed this long",
+    )
 
     @field_validator("checkpoint_uri")
     @classmethod

@@ -22,6 +22,8 @@ from typing import Any, TextIO
 log = logging.getLogger(__name__)
 
 PLAIN_INTERVAL_S = 5.0  # a progress line this often when stdout is not a terminal
+# a run that waits (for its run name, for the train group) says so this often; tests shorten it
+WAIT_LINE_S = float(os.environ.get("RAY_PIPELINE_WAIT_LINE_S", "30"))
 BOARD_NAMESPACE = "ray-pipeline"  # the ledger's too (pipeline.data.LEDGER_NAMESPACE)
 _state = {"verbose": False}
 

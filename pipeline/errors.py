@@ -35,6 +35,10 @@ class ClusterError(PipelineError):
     """The Ray cluster cannot run the job as configured (e.g. no node matches a selector)."""
 
 
+class RunLeaseError(PipelineError):
+    """Another live run holds this run's name (storage.run_name), or this run lost it."""
+
+
 class KubernetesError(PipelineError):
     """The Kubernetes API, a CRD or a namespace needed for submission is missing."""
 

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from pipeline import metrics
 from pipeline.config import PipelineConfig
 from pipeline.data import ROW_DIGEST_COLUMN, named_actor
+from pipeline.lease import check_ticket
 from pipeline.records import DIGEST_MIX
 from pipeline.usercode import call_factory
 from pipeline.workload import task_loss
@@ -211,6 +212,7 @@ class TrainContext:
         self._board = named_actor(loop_config.get("board")) if self.rank == 0 else None
         self._run = self.config.storage.run_name
         self._rows_per_epoch = loop_config.get("train_rows")  # the whole split, all workers
+        self._lease = loop_config.get("lease")  # the run's lease: checked before each checkpoint
         self._running: dict[str, Any] = {}
         self._posted_at = 0.0
         self._warned_no_state = False
@@ -333,6 +335,7 @@ class TrainContext:
         checkpoint = None
         with tempfile.TemporaryDirectory() as d:
             if self.rank == 0:
+                check_ticket(self.config, self._lease)  # one writer per run (pipeline.lease)
                 if self._ledger is not None:
                     record["skipped_records"] = ray.get(self._ledger.snapshot.remote())["counts"]
                 self.history.append(record)

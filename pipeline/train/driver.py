@@ -38,7 +38,14 @@ from pipeline.cluster import (
 from pipeline.config import PipelineConfig
 from pipeline.console import BOARD_NAMESPACE, ProgressBoard, ProgressPrinter, board_name
 from pipeline.data import LEDGER_NAMESPACE, BadRecordLedger, build_dataset, ledger_name
-from pipeline.errors import DataError, StorageError, UserCodeError, find_pipeline_error
+from pipeline.errors import (
+    DataError,
+    RunLeaseError,
+    StorageError,
+    UserCodeError,
+    find_pipeline_error,
+)
+from pipeline.lease import take_run_lease
 from pipeline.preflight import check_user_code, plan
 from pipeline.runtime_env import build_runtime_env, check_working_dir, upload_working_dir
 from pipeline.storage import (
@@ -74,7 +81,7 @@ class StopOnDataError(UserCallback):
     def after_exception(self, run_context, worker_exceptions):
         for error in worker_exceptions.values():
             cause = find_pipeline_error(error)
-            if isinstance(cause, DataError | UserCodeError):
+            if isinstance(cause, DataError | UserCodeError | RunLeaseError):
                 raise cause
 
 
@@ -206,6 +213,10 @@ def _driver_actor(cls, name: str, namespace: str):
     )
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def build_datasets(workload: Workload, splits, ledger: str | None = None) -> dict:
     """The train and validation datasets, preprocessing on the data group."""
     cfg = workload.cfg
@@ -226,8 +237,10 @@ def run_training(
     code: UserCode | None = None,
     working_dir: str | None = None,
     pip: list[str] | None = None,
+    wait_for_run: bool = False,
 ) -> dict:
-    """Check inputs and user code, connect, train (resuming if the run has checkpoints),
+    """Check inputs and user code, connect, take the run's lease (``wait_for_run``: wait for
+    another live run of the same name to end), train (resuming if the run has checkpoints),
     write summary.json.
 
     Every check that can fail on user input runs before the first training step, so a bad
@@ -241,50 +254,60 @@ def run_training(
     runtime_env = _runtime_env(cfg, working_dir, pip)
 
     address = connect(address, runtime_env=runtime_env)
-    if address == EMBEDDED:
-        cfg = without_selectors(cfg)
-        p.workload.cfg = cfg
-    else:
-        check_placement(cfg)
-    workload = check_user_code(p)
-    warm_up_data_workers(cfg.data.placement.selector)
-
-    name = ledger_name(cfg.storage.run_name)
-    ledger = _driver_actor(BadRecordLedger, name, LEDGER_NAMESPACE)
-    board = _driver_actor(ProgressBoard, board_name(cfg.storage.run_name), BOARD_NAMESPACE)
-    datasets = build_datasets(workload, p.splits, name)
-    loop_config = {
-        "workload": workload,
-        "ledger": name,
-        "board": board_name(cfg.storage.run_name),
-        "train_rows": p.splits.train.rows,
-    }
-    trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config)
+    # one writer per run: nothing goes into the run folder before this
+    job_id = ray.get_runtime_context().get_job_id()
+    lease = take_run_lease(cfg, job_id, wait=wait_for_run, say=_say)
     try:
-        with ProgressPrinter(board):
-            result = trainer.fit()
-    except Exception as e:
-        raise _user_error(e, cfg, storage) from None
+        if address == EMBEDDED:
+            cfg = without_selectors(cfg)
+            p.workload.cfg = cfg
+        else:
+            check_placement(cfg)
+        workload = check_user_code(p)
+        warm_up_data_workers(cfg.data.placement.selector)
 
-    examples = ray.get(ledger.snapshot.remote())["examples"]
-    history = read_history(result.checkpoint)
-    skipped_files = {**p.splits.train.skipped_files, **p.splits.validation.skipped_files}
-    summary = summarise(
-        history,
-        cfg,
-        {
-            "checkpoint": storage.uri_of(result.checkpoint.path) if result.checkpoint else None,
-            "ray_job_id": ray.get_runtime_context().get_job_id(),
-            "wall_s": round(time.monotonic() - started, 2),
-            "train_rows_in_dataset": p.splits.train.rows,
-            "class_names": workload.columns.class_names,
-            "runtime_env": runtime_env or None,
-            "bad_records": {  # rows skipped in one pass over each split (the last epoch)
-                "skipped_rows": history[-1].get("skipped_records", {}) if history else {},
-                "skipped_files": skipped_files,
-                "examples": examples,
+        name = ledger_name(cfg.storage.run_name)
+        ledger = _driver_actor(BadRecordLedger, name, LEDGER_NAMESPACE)
+        board = _driver_actor(ProgressBoard, board_name(cfg.storage.run_name), BOARD_NAMESPACE)
+        datasets = build_datasets(workload, p.splits, name)
+        loop_config = {
+            "workload": workload,
+            "ledger": name,
+            "board": board_name(cfg.storage.run_name),
+            "train_rows": p.splits.train.rows,
+            "lease": lease.ticket(),
+        }
+        trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config)
+        try:
+            with ProgressPrinter(board):
+                result = trainer.fit()
+        except Exception as e:
+            raise _user_error(e, cfg, storage) from None
+
+        examples = ray.get(ledger.snapshot.remote())["examples"]
+        history = read_history(result.checkpoint)
+        skipped_files = {**p.splits.train.skipped_files, **p.splits.validation.skipped_files}
+        summary = summarise(
+            history,
+            cfg,
+            {
+                "checkpoint": storage.uri_of(result.checkpoint.path) if result.checkpoint else None,
+                "ray_job_id": ray.get_runtime_context().get_job_id(),
+                "wall_s": round(time.monotonic() - started, 2),
+                "train_rows_in_dataset": p.splits.train.rows,
+                "class_names": workload.columns.class_names,
+                "runtime_env": runtime_env or None,
+                "bad_records": {  # rows skipped in one pass over each split (the last epoch)
+                    "skipped_rows": history[-1].get("skipped_records", {}) if history else {},
+                    "skipped_files": skipped_files,
+                    "examples": examples,
+                },
             },
-        },
-    )
-    summary["summary_uri"] = write_json(storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary)
-    return summary
+        )
+        lease.check()  # summary.json only by the run that still holds its name
+        summary["summary_uri"] = write_json(
+            storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary
+        )
+        return summary
+    finally:
+        lease.release()
