@@ -49,7 +49,8 @@ class Placement(_Section):
         0.0,
         ge=0,
         description="when no node matches yet, ask the autoscaler for one and wait this long; "
-        "0 = fail at once",
+        "0 = fail at once. For train.placement also: wait at most this long for the train "
+        "group to take the run (while other runs hold it); 0 = wait as long as it takes",
     )
 
 

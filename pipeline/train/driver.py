@@ -47,6 +47,7 @@ from pipeline.errors import (
 )
 from pipeline.lease import take_run_lease
 from pipeline.preflight import check_user_code, plan
+from pipeline.queueing import TrainGroupWatch, train_start_options
 from pipeline.runtime_env import build_runtime_env, check_working_dir, upload_working_dir
 from pipeline.storage import (
     check_bucket,
@@ -114,7 +115,7 @@ def build_trainer(
             storage_path=storage.path,
             storage_filesystem=storage.fs if storage.is_s3 else None,
             checkpoint_config=CheckpointConfig(num_to_keep=tr.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=tr.max_failures),
+            failure_config=FailureConfig(max_failures=tr.max_failures, **train_start_options(cfg)),
             callbacks=[StopOnDataError()],
         ),
         datasets=datasets,
@@ -278,11 +279,12 @@ def run_training(
             "lease": lease.ticket(),
         }
         trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config)
+        watch = TrainGroupWatch(cfg, job_id, _say)  # a queued run says what it waits for
         try:
-            with ProgressPrinter(board):
+            with ProgressPrinter(board), watch:
                 result = trainer.fit()
         except Exception as e:
-            raise _user_error(e, cfg, storage) from None
+            raise watch.timeout_error(e) or _user_error(e, cfg, storage) from None
 
         examples = ray.get(ledger.snapshot.remote())["examples"]
         history = read_history(result.checkpoint)

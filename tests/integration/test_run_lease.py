@@ -4,37 +4,16 @@ run name, started together or after a killed holder, on local storage and on S3 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAKE_AWS, ROOT, CliResult, read_uri, write_config
+from tests.conftest import finish_cli, read_uri, start_cli, write_config
 from tests.integration.conftest import BUCKET, cluster_config
 
 pytestmark = pytest.mark.cluster
-
-
-def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """``ray-pipeline ARGS`` in a process of its own, not waited for."""
-    full_env = {**os.environ, **FAKE_AWS, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-    )
-
-
-def finish(p: subprocess.Popen, timeout: float = 400) -> CliResult:
-    out, err = p.communicate(timeout=timeout)
-    return CliResult(p.returncode, out, err, 0.0)
 
 
 def _storage(kind: str, s3, tmp_path: Path, run: str) -> tuple[str, str]:
@@ -66,7 +45,7 @@ def test_two_runs_of_one_name_started_together_one_trains_one_refuses(
     procs = [
         start_cli("train", "--address", ray_cluster.address, "--config", str(cfg)) for _ in range(2)
     ]
-    results = [finish(p) for p in procs]
+    results = [finish_cli(p) for p in procs]
     done = [r for r in results if r.returncode == 0]
     refused = [r for r in results if r.returncode != 0]
     assert len(done) == 1 and len(refused) == 1, [r.output[-3000:] for r in results]
@@ -109,7 +88,7 @@ def test_a_killed_holders_retry_takes_over_after_the_ttl_and_resumes(
     holder.communicate()
     lease = json.loads(read_uri_bytes(s3, f"{folder}/_lease.json"))
     # started at once, the retry would be refused; --wait-for-run waits for the TTL
-    retry = finish(
+    retry = finish_cli(
         start_cli("train", "--address", ray_cluster.address, "--config", str(cfg), "--wait-for-run")
     )
     assert retry.returncode == 0, retry.output[-5000:]
