@@ -201,8 +201,14 @@ class S3LeaseStore:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
         except Exception as e:
-            if not (_precondition_failed(e) or _code(e) in ("NoSuchKey", "404")):
+            if _precondition_failed(e) or _code(e) in ("NoSuchKey", "404"):
+                return
+            if _code(e) not in ("NotImplemented", "InvalidArgument", "501"):
                 raise
+            # a server without conditional deletes: delete it if it is still ours
+            current = self.read()
+            if current is not None and current[1] == version:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
 
 
 class S3CandidateStore:
@@ -429,7 +435,7 @@ class RunLease:
 
     def _lose(self, why: str) -> None:
         self.lost = why
-        log.error("run '%s' lost its lease (%s): it writes nothing more", self.holder.run, why)
+        log.warning("run '%s' lost its lease (%s): it writes nothing more", self.holder.run, why)
 
     def check(self) -> None:
         """Raise RunLeaseError unless this run still holds the lease."""
@@ -487,9 +493,19 @@ def take_run_lease(
     say: Callable[[str], None] = log.info,
 ) -> RunLease:
     """The run's lease, held (and renewed) until ``release``."""
-    store = open_store(cfg.storage.checkpoint_uri, cfg.storage.run_name, cfg.s3, probe=True)
-    lease = RunLease(store, new_holder(cfg.storage.run_name, cfg.storage.lease_ttl_s, job_id), say)
-    lease.acquire(wait=wait)
+    where = f"{cfg.storage.checkpoint_uri}/{cfg.storage.run_name}"
+    try:
+        store = open_store(cfg.storage.checkpoint_uri, cfg.storage.run_name, cfg.s3, probe=True)
+        lease = RunLease(
+            store, new_holder(cfg.storage.run_name, cfg.storage.lease_ttl_s, job_id), say
+        )
+        lease.acquire(wait=wait)
+    except (RunLeaseError, StorageError):
+        raise
+    except Exception as e:  # denied, unreachable, read-only: the run cannot start
+        raise StorageError(
+            f"cannot take the run's lease in {where} (storage.checkpoint_uri): {first_line(e)}"
+        ) from None
     return lease
 
 

@@ -70,7 +70,8 @@ def placement_groups() -> list[PlacedGroup]:
 
 
 def runs_by_job() -> dict[str, str]:
-    """Live pipeline runs on the cluster, job id -> run name, from their progress boards."""
+    """Live pipeline runs on the cluster, job id -> run name, from their progress boards
+    (named ``progress-<run>-<job id>``)."""
     try:
         from ray._private.state import state
     except ImportError:
@@ -79,8 +80,9 @@ def runs_by_job() -> dict[str, str]:
     runs = {}
     for actor in state.actor_table(None, actor_state_name="ALIVE").values():
         name = actor.get("Name") or ""
-        if name.startswith(prefix):  # boards live in BOARD_NAMESPACE; the name says enough
-            runs[actor["JobID"]] = name[len(prefix) :]
+        suffix = f"-{actor['JobID']}"  # board_name(f"{run}-{job id}"), pipeline.train.driver
+        if name.startswith(prefix) and name.endswith(suffix):
+            runs[actor["JobID"]] = name[len(prefix) : -len(suffix)]
     return runs
 
 

@@ -267,14 +267,17 @@ def run_training(
         workload = check_user_code(p)
         warm_up_data_workers(cfg.data.placement.selector)
 
-        name = ledger_name(cfg.storage.run_name)
+        # named per job too: a run that took over from a live (stalled) holder must not share
+        # its actors, which die with the holder's job
+        actors = f"{cfg.storage.run_name}-{job_id}"
+        name = ledger_name(actors)
         ledger = _driver_actor(BadRecordLedger, name, LEDGER_NAMESPACE)
-        board = _driver_actor(ProgressBoard, board_name(cfg.storage.run_name), BOARD_NAMESPACE)
+        board = _driver_actor(ProgressBoard, board_name(actors), BOARD_NAMESPACE)
         datasets = build_datasets(workload, p.splits, name)
         loop_config = {
             "workload": workload,
             "ledger": name,
-            "board": board_name(cfg.storage.run_name),
+            "board": board_name(actors),
             "train_rows": p.splits.train.rows,
             "lease": lease.ticket(),
         }

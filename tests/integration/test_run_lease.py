@@ -81,7 +81,11 @@ def test_a_killed_holders_retry_takes_over_after_the_ttl_and_resumes(
     )
     holder = start_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
     deadline = time.monotonic() + 300
-    while not _exists(s3, f"{folder}/epoch-0001/state.pt"):
+    # a checkpoint to resume from: written, and registered by Train (its snapshot file)
+    while not (
+        _exists(s3, f"{folder}/epoch-0001/state.pt")
+        and _exists(s3, f"{folder}/checkpoint_manager_snapshot.json")
+    ):
         assert holder.poll() is None and time.monotonic() < deadline, "no first checkpoint"
         time.sleep(0.5)
     holder.send_signal(signal.SIGKILL)  # a crashed driver: its lease stays, no longer renewed
@@ -103,3 +107,44 @@ def test_a_killed_holders_retry_takes_over_after_the_ttl_and_resumes(
 def read_uri_bytes(s3, uri: str) -> bytes:
     bucket, key = uri[len("s3://") :].split("/", 1)
     return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def test_a_holder_that_lost_its_lease_stops_before_writing_again(
+    ray_cluster, s3, dataset, tmp_path
+):
+    run = "lost-lease"
+    uri, folder = _storage("local", s3, tmp_path, run)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        cluster_config(
+            s3,
+            train={"epochs": 4},
+            storage={"run_name": run, "checkpoint_uri": uri, "lease_ttl_s": 2},
+        ),
+    )
+    stalled = start_cli("train", "--address", ray_cluster.address, "--config", str(cfg))
+    deadline = time.monotonic() + 300
+    while not _exists(s3, f"{folder}/epoch-0001/state.pt"):
+        assert stalled.poll() is None and time.monotonic() < deadline, "no first checkpoint"
+        time.sleep(0.2)
+    # its driver stalls past the TTL (its train worker goes on): another run takes over
+    stalled.send_signal(signal.SIGSTOP)
+    time.sleep(3)
+    taker = start_cli(
+        "train", "--address", ray_cluster.address, "--config", str(cfg), "--wait-for-run"
+    )
+    lease = Path(folder) / "_lease.json"  # replaced whole (os.replace): never half-written
+    while json.loads(lease.read_text())["pid"] != taker.pid:
+        assert taker.poll() is None and time.monotonic() < deadline, "no takeover"
+        time.sleep(0.2)
+    stalled.send_signal(signal.SIGCONT)
+    lost, took = finish_cli(stalled), finish_cli(taker)
+    assert lost.returncode == 2, lost.output[-3000:]
+    errors = [line for line in lost.stderr.splitlines() if line.startswith("error:")]
+    assert errors and f"run '{run}' lost its lease" in errors[-1], lost.stderr[-3000:]
+    assert took.returncode == 0, took.output[-3000:]
+    assert f"taking over run '{run}'" in took.stderr
+    summary = read_uri(f"{folder}/summary.json")
+    # one history, each epoch once, and the summary is the taker's
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
+    assert summary["ray_job_id"] == took.summary()["ray_job_id"]

@@ -217,3 +217,17 @@ def test_a_stale_candidate_is_taken_over(s3):
     with pytest.raises(RunLeaseError):
         check_held(store, old.token, "r")
     new.release()
+
+
+def test_a_bucket_it_may_not_write_is_one_line_naming_the_field(s3):
+    from pipeline.errors import StorageError
+
+    cfg = load_config(
+        None,
+        [
+            "storage.checkpoint_uri=s3://no-such-bucket-for-leases/runs",
+            f"s3.endpoint={s3.endpoint}",
+        ],
+    )
+    with pytest.raises(StorageError, match=r"cannot take the run's lease in s3://no-such-bucket"):
+        take_run_lease(cfg, job_id="01000000")
