@@ -33,13 +33,15 @@ def run(
     working_dir: str | None = None,
     pip: list[str] | None = None,
     overrides: list[str] = (),
+    wait_for_run: bool = False,
 ) -> dict:
     """Train as ``ray-pipeline train`` does and return the run's summary.
 
     ``config``: a YAML path, a dict of sections, or a ``PipelineConfig`` (None: defaults);
     ``overrides``: ``--set``-style ``a.b=c`` strings. ``address``: the Ray cluster (default
-    ``$RAY_ADDRESS``, else a local Ray). User mistakes raise ``pipeline.errors.PipelineError``
-    with the same one-line message the CLI prints."""
+    ``$RAY_ADDRESS``, else a local Ray). ``wait_for_run``: wait while another live run holds
+    ``storage.run_name`` (``--wait-for-run``) instead of refusing. User mistakes raise
+    ``pipeline.errors.PipelineError`` with the same one-line message the CLI prints."""
     import copy
 
     from pipeline.config import (
@@ -63,7 +65,9 @@ def run(
     code = UserCode(
         model=model, preprocess=preprocess, loss=loss, loop=loop, device_transform=device_transform
     )
-    return run_training(cfg, address, code=code, working_dir=working_dir, pip=pip)
+    return run_training(
+        cfg, address, code=code, working_dir=working_dir, pip=pip, wait_for_run=wait_for_run
+    )
 
 
 def __getattr__(name: str):  # the CLI stays light: torch and Ray load only when used

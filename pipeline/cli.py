@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _address(p)
     _user_code(p)
+    p.add_argument(
+        "--wait-for-run",
+        action="store_true",
+        help="when another live run holds this run's name (storage.run_name), wait for it to "
+        "end instead of refusing (exit 2)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="embedded default: local Ray, local files, digits, small CNN")
@@ -291,7 +297,9 @@ def cmd_train(args) -> int:
 
     cfg = _load(args)
     pip = read_pip(args.pip)
-    summary = run_training(cfg, args.address, working_dir=args.working_dir, pip=pip)
+    summary = run_training(
+        cfg, args.address, working_dir=args.working_dir, pip=pip, wait_for_run=args.wait_for_run
+    )
     _shutdown_ray(summary)
     _print_summary(summary)
     return 0

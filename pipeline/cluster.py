@@ -131,12 +131,18 @@ def _wait_for(field: str, placement: Placement, demand: dict[str, float]) -> lis
     return nodes
 
 
+def train_worker_demand(cfg: PipelineConfig) -> dict[str, float]:
+    """What one train worker asks of its node (train.resources_per_worker, train.use_gpu)."""
+    worker = dict(cfg.train.resources_per_worker or {"CPU": 1})
+    if cfg.train.use_gpu:
+        worker.setdefault("GPU", 1)
+    return worker
+
+
 def check_placement(cfg: PipelineConfig) -> None:
     """Fail in seconds, not hang, when no node can take the data or train work."""
     tr = cfg.train
-    worker = dict(tr.resources_per_worker or {"CPU": 1})
-    if tr.use_gpu:
-        worker.setdefault("GPU", 1)
+    worker = train_worker_demand(cfg)
     checks = (
         ("data.placement", cfg.data.placement, {"CPU": 1}),
         ("train.placement", tr.placement, worker),

@@ -49,7 +49,8 @@ class Placement(_Section):
         0.0,
         ge=0,
         description="when no node matches yet, ask the autoscaler for one and wait this long; "
-        "0 = fail at once",
+        "0 = fail at once. For train.placement also: wait at most this long for the train "
+        "group to take the run (while other runs hold it); 0 = wait as long as it takes",
     )
 
 
@@ -294,6 +295,12 @@ class TrainSection(_Section):
 class StorageSection(_Section):
     run_name: str = Field("digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     checkpoint_uri: str = "runs"
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=1,
+        description="one writer per run: the run's lease (renewed every third of this) is "
+        "stale, and may be taken over by a new run of the same name, when not renewed this long",
+    )
 
     @field_validator("checkpoint_uri")
     @classmethod

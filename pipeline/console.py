@@ -22,6 +22,8 @@ from typing import Any, TextIO
 log = logging.getLogger(__name__)
 
 PLAIN_INTERVAL_S = 5.0  # a progress line this often when stdout is not a terminal
+# a run that waits (for its run name, for the train group) says so this often; tests shorten it
+WAIT_LINE_S = float(os.environ.get("RAY_PIPELINE_WAIT_LINE_S", "30"))
 BOARD_NAMESPACE = "ray-pipeline"  # the ledger's too (pipeline.data.LEDGER_NAMESPACE)
 _state = {"verbose": False}
 
@@ -62,6 +64,32 @@ def quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    _raylet_messages_to_log()
+
+
+def _raylet_messages_to_log() -> None:
+    """Ray's driver prints the messages raylets publish to every job (``(raylet) WARNING: 6
+    PYTHON worker processes have been started ...``) straight to the console, whatever
+    ``log_to_driver`` says (``listen_error_messages``, which looks up ``print_to_stdstream``
+    at each message). Quiet, they go to the ``ray`` logger instead: shown with --verbose, and
+    the raylet's own log keeps them anyway."""
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:
+        return
+    shown = ray_worker.print_to_stdstream
+    if getattr(shown, "quiet_raylet", False):
+        return
+
+    def print_unless_quiet(data, ignore_prefix: bool):
+        if data.get("pid") == "raylet" and quiet():
+            for line in data.get("lines", []):
+                logging.getLogger("ray").warning("(raylet) %s", line)
+            return
+        shown(data, ignore_prefix)
+
+    print_unless_quiet.quiet_raylet = True
+    ray_worker.print_to_stdstream = print_unless_quiet
 
 
 class _Formatter(logging.Formatter):

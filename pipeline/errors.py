@@ -40,6 +40,10 @@ class TrackingError(PipelineError):
     or its artifact store cannot be written."""
 
 
+class RunLeaseError(PipelineError):
+    """Another live run holds this run's name (storage.run_name), or this run lost it."""
+
+
 class KubernetesError(PipelineError):
     """The Kubernetes API, a CRD or a namespace needed for submission is missing."""
 

@@ -205,6 +205,25 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> CliRes
     return CliResult(p.returncode, p.stdout, p.stderr, time.monotonic() - start)
 
 
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``ray-pipeline ARGS`` in a process of its own, not waited for (``finish_cli``)."""
+    full_env = {**os.environ, **FAKE_AWS, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+    )
+
+
+def finish_cli(p: subprocess.Popen, timeout: float = 600) -> CliResult:
+    start = time.monotonic()
+    out, err = p.communicate(timeout=timeout)
+    return CliResult(p.returncode, out, err, time.monotonic() - start)
+
+
 def write_config(path: Path, tree: dict) -> Path:
     import yaml
 

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from pipeline import metrics, tracking
 from pipeline.config import PipelineConfig
 from pipeline.data import ROW_DIGEST_COLUMN, named_actor
+from pipeline.lease import check_ticket
 from pipeline.phases import Stamps
 from pipeline.records import DIGEST_MIX
 from pipeline.train.epochs import EpochIterator
@@ -218,6 +219,7 @@ class TrainContext:
         self._board = named_actor(loop_config.get("board")) if self.rank == 0 else None
         self._run = self.config.storage.run_name
         self._rows_per_epoch = loop_config.get("train_rows")  # the whole split, all workers
+        self._lease = loop_config.get("lease")  # the run's lease: checked before each checkpoint
         self._running: dict[str, Any] = {}
         self._posted_at = 0.0
         self._warned_no_state = False
@@ -374,6 +376,7 @@ class TrainContext:
         checkpoint = None
         with tempfile.TemporaryDirectory() as d:
             if self.rank == 0:
+                check_ticket(self.config, self._lease)  # one writer per run (pipeline.lease)
                 if self._ledger is not None:
                     record["skipped_records"] = ray.get(self._ledger.snapshot.remote())["counts"]
                 self.history.append(record)

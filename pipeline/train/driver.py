@@ -37,9 +37,17 @@ from pipeline.cluster import (
 from pipeline.config import PipelineConfig
 from pipeline.console import BOARD_NAMESPACE, ProgressBoard, ProgressPrinter, board_name
 from pipeline.data import LEDGER_NAMESPACE, BadRecordLedger, build_dataset, ledger_name
-from pipeline.errors import DataError, StorageError, UserCodeError, find_pipeline_error
+from pipeline.errors import (
+    DataError,
+    RunLeaseError,
+    StorageError,
+    UserCodeError,
+    find_pipeline_error,
+)
+from pipeline.lease import take_run_lease
 from pipeline.phases import Stamps, process_started, startup_phases, teardown_phases
 from pipeline.preflight import check_user_code, plan
+from pipeline.queueing import TrainGroupWatch, train_start_options
 from pipeline.runtime_env import build_runtime_env, check_working_dir, upload_working_dir
 from pipeline.storage import (
     check_bucket,
@@ -76,7 +84,7 @@ class StopOnDataError(UserCallback):
     def after_exception(self, run_context, worker_exceptions):
         for error in worker_exceptions.values():
             cause = find_pipeline_error(error)
-            if isinstance(cause, DataError | UserCodeError):
+            if isinstance(cause, DataError | UserCodeError | RunLeaseError):
                 raise cause
 
 
@@ -112,7 +120,7 @@ def build_trainer(
             storage_path=storage.path,
             storage_filesystem=storage.fs if storage.is_s3 else None,
             checkpoint_config=CheckpointConfig(num_to_keep=tr.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=tr.max_failures),
+            failure_config=FailureConfig(max_failures=tr.max_failures, **train_start_options(cfg)),
             callbacks=[StopOnDataError()],
         ),
         datasets=datasets,
@@ -215,6 +223,10 @@ def _driver_actor(cls, name: str, namespace: str):
     )
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def build_datasets(workload: Workload, splits, ledger: str | None = None) -> dict:
     """The train and validation datasets, preprocessing on the data group."""
     cfg = workload.cfg
@@ -235,8 +247,10 @@ def run_training(
     code: UserCode | None = None,
     working_dir: str | None = None,
     pip: list[str] | None = None,
+    wait_for_run: bool = False,
 ) -> dict:
-    """Check inputs and user code, connect, train (resuming if the run has checkpoints),
+    """Check inputs and user code, connect, take the run's lease (``wait_for_run``: wait for
+    another live run of the same name to end), train (resuming if the run has checkpoints),
     write summary.json.
 
     Every check that can fail on user input runs before the first training step, so a bad
@@ -255,67 +269,82 @@ def run_training(
     stamps.stamp("storage_checked")
 
     address = connect(address, runtime_env=runtime_env)
-    if address == EMBEDDED:
-        cfg = without_selectors(cfg)
-        p.workload.cfg = cfg
-    else:
-        check_placement(cfg)
-    stamps.stamp("ray_connected")
-    workload = check_user_code(p, stamps)
-    warm_up_data_workers(cfg.data.placement.selector)
-
-    name = ledger_name(cfg.storage.run_name)
-    ledger = _driver_actor(BadRecordLedger, name, LEDGER_NAMESPACE)
-    board = _driver_actor(ProgressBoard, board_name(cfg.storage.run_name), BOARD_NAMESPACE)
-    datasets = build_datasets(workload, p.splits, name)
-    loop_config = {
-        "workload": workload,
-        "ledger": name,
-        "board": board_name(cfg.storage.run_name),
-        "train_rows": p.splits.train.rows,
-    }
-    run_folder = f"{storage.uri}/{cfg.storage.run_name}"
-    tracked = open_tracking(cfg, run_folder, ray.get_runtime_context().get_job_id())
-    loop_config["tracking"] = tracked
-    rows = {"train": p.splits.train.rows, "validation": p.splits.validation.rows}
-    trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config, rows=rows)
-    stamps.stamp("fit_called")
+    # one writer per run: nothing goes into the run folder before this
+    job_id = ray.get_runtime_context().get_job_id()
+    lease = take_run_lease(cfg, job_id, wait=wait_for_run, say=_say)
     try:
-        with ProgressPrinter(board):
-            result = trainer.fit()
-    except Exception as e:
-        raise _user_error(e, cfg, storage) from None
-    stamps.stamp("fit_returned")
-    stamps.update({k: v for k, v in ray.get(board.take_stamps.remote()).items() if k not in stamps})
+        if address == EMBEDDED:
+            cfg = without_selectors(cfg)
+            p.workload.cfg = cfg
+        else:
+            check_placement(cfg)
+        stamps.stamp("ray_connected")
+        workload = check_user_code(p, stamps)
+        warm_up_data_workers(cfg.data.placement.selector)
 
-    examples = ray.get(ledger.snapshot.remote())["examples"]
-    history = read_history(result.checkpoint)
-    skipped_files = {**p.splits.train.skipped_files, **p.splits.validation.skipped_files}
-    summary = summarise(
-        history,
-        cfg,
-        {
-            "checkpoint": storage.uri_of(result.checkpoint.path) if result.checkpoint else None,
-            "ray_job_id": ray.get_runtime_context().get_job_id(),
-            "wall_s": round(time.monotonic() - started, 2),
-            "train_rows_in_dataset": p.splits.train.rows,
-            "class_names": workload.columns.class_names,
-            "runtime_env": runtime_env or None,
-            "startup": startup_phases(stamps),
-            "bad_records": {  # rows skipped in one pass over each split (the last epoch)
-                "skipped_rows": history[-1].get("skipped_records", {}) if history else {},
-                "skipped_files": skipped_files,
-                "examples": examples,
+        # named per job too: a run that took over from a live (stalled) holder must not share
+        # its actors, which die with the holder's job
+        actors = f"{cfg.storage.run_name}-{job_id}"
+        name = ledger_name(actors)
+        ledger = _driver_actor(BadRecordLedger, name, LEDGER_NAMESPACE)
+        board = _driver_actor(ProgressBoard, board_name(actors), BOARD_NAMESPACE)
+        datasets = build_datasets(workload, p.splits, name)
+        loop_config = {
+            "workload": workload,
+            "ledger": name,
+            "board": board_name(actors),
+            "train_rows": p.splits.train.rows,
+            "lease": lease.ticket(),
+        }
+        run_folder = f"{storage.uri}/{cfg.storage.run_name}"
+        tracked = open_tracking(cfg, run_folder, job_id)
+        loop_config["tracking"] = tracked
+        rows = {"train": p.splits.train.rows, "validation": p.splits.validation.rows}
+        trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config, rows=rows)
+        watch = TrainGroupWatch(cfg, job_id, _say)  # a queued run says what it waits for
+        stamps.stamp("fit_called")
+        try:
+            with ProgressPrinter(board), watch:
+                result = trainer.fit()
+        except Exception as e:
+            raise watch.timeout_error(e) or _user_error(e, cfg, storage) from None
+        stamps.stamp("fit_returned")
+        board_stamps = ray.get(board.take_stamps.remote())
+        stamps.update({k: v for k, v in board_stamps.items() if k not in stamps})
+
+        examples = ray.get(ledger.snapshot.remote())["examples"]
+        history = read_history(result.checkpoint)
+        skipped_files = {**p.splits.train.skipped_files, **p.splits.validation.skipped_files}
+        summary = summarise(
+            history,
+            cfg,
+            {
+                "checkpoint": storage.uri_of(result.checkpoint.path) if result.checkpoint else None,
+                "ray_job_id": job_id,
+                "wall_s": round(time.monotonic() - started, 2),
+                "train_rows_in_dataset": p.splits.train.rows,
+                "class_names": workload.columns.class_names,
+                "runtime_env": runtime_env or None,
+                "startup": startup_phases(stamps),
+                "bad_records": {  # rows skipped in one pass over each split (the last epoch)
+                    "skipped_rows": history[-1].get("skipped_records", {}) if history else {},
+                    "skipped_files": skipped_files,
+                    "examples": examples,
+                },
             },
-        },
-    )
-    summary["teardown"] = teardown_phases(stamps)
-    summary["summary_uri"] = write_json(storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary)
-    if tracked.active:  # summary.json then says what the tracker could not take
-        model = final_model(workload, result.checkpoint) if cfg.tracking.mlflow.log_model else None
-        summary["tracking"] = finish_tracking(tracked, summary, model)
-        write_json(storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary)
-    # the file cannot hold its own write: the summary returned (and printed) does
-    stamps.stamp("summary_written")
-    summary["teardown"] = teardown_phases(stamps)
-    return summary
+        )
+        summary["teardown"] = teardown_phases(stamps)
+        lease.check()  # summary.json only by the run that still holds its name
+        uri = write_json(storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary)
+        summary["summary_uri"] = uri
+        if tracked.active:  # summary.json then says what the tracker could not take
+            log_model = cfg.tracking.mlflow.log_model
+            model = final_model(workload, result.checkpoint) if log_model else None
+            summary["tracking"] = finish_tracking(tracked, summary, model)
+            write_json(storage, f"{cfg.storage.run_name}/{SUMMARY_FILE}", summary)
+        # the file cannot hold its own write: the summary returned (and printed) does
+        stamps.stamp("summary_written")
+        summary["teardown"] = teardown_phases(stamps)
+        return summary
+    finally:
+        lease.release()

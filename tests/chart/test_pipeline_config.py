@@ -118,6 +118,17 @@ def test_user_settings_pass_through(render, validate_config):
     assert (config.train.epochs, config.train.model) == (3, "resnet18")
 
 
+def test_lease_ttl_and_queue_bound_pass_through(render, validate_config):
+    own = {
+        "pipelineConfig": {
+            "storage": {"lease_ttl_s": 120},
+            "train": {"placement": {"wait_s": 900}},
+        }
+    }
+    config = validate_config(copy.deepcopy(render(own).pipeline_config))
+    assert config.storage.lease_ttl_s == 120 and config.train.placement.wait_s == 900
+
+
 def test_with_autoscaling_the_pipeline_waits_for_new_nodes(render, chart_dir, validate_config):
     autoscaling = chart_dir / "ci" / "autoscaling-values.yaml"
     config = validate_config(render(None, autoscaling).pipeline_config)

@@ -58,6 +58,10 @@ REJECTED = {
         ["Big_Memory"],
     ),
     "unknown pipelineConfig section": ({"pipelineConfig": {"trian": {}}}, ["trian"]),
+    "lease TTL under a second": (
+        {"pipelineConfig": {"storage": {"lease_ttl_s": 0}}},
+        ["/pipelineConfig/storage/lease_ttl_s", "minimum"],
+    ),
     "bad bucket name": ({"s3": {"bucket": "My_Bucket"}}, ["/s3/bucket", "My_Bucket"]),
     "createSecret without keys": (
         {"s3": {"credentials": {"createSecret": {"enabled": True}}}},

@@ -45,7 +45,7 @@ def test_data_node_replaced_mid_epoch(ray_cluster, s3, faults_data, tmp_path):
     (ledger,) = [
         a
         for a in alive_actors(ray_cluster.address, "BadRecordLedger")
-        if a.name == "bad-records-node-loss"
+        if a.name.startswith("bad-records-node-loss-")  # per run and job (one writer per run)
     ]
     assert ledger.node_id == ray_cluster.node_ids["headgroup"]
     r = run.wait()

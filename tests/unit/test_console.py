@@ -81,3 +81,30 @@ def test_figures_that_are_not_numbers_do_not_break_the_bar():
     text = console.progress_text({"epoch": 1, "epochs": 2, "rows": 5, "loss": [0.1, 0.2]})
     assert text.startswith("epoch 1/2") and "loss" not in text
     assert "acc 0.5" in console.progress_text({"epoch": 1, "epochs": 2, "acc": 0.5})
+
+
+def test_raylet_messages_stay_off_the_quiet_console_and_show_with_verbose(capfd, monkeypatch):
+    import logging
+
+    import ray._private.worker as ray_worker
+
+    from pipeline import console
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    warning = "WARNING: 6 PYTHON worker processes have been started on node: abc"
+    message = {"lines": [warning], "pid": "raylet", "is_err": False}
+    try:
+        console.setup(verbose=False)
+        # what Ray's listen_error_messages thread calls for every message a raylet publishes
+        ray_worker.print_to_stdstream(message, ignore_prefix=False)
+        hidden = capfd.readouterr()
+        assert warning not in hidden.out + hidden.err
+        console.setup(verbose=True)
+        ray_worker.print_to_stdstream(message, ignore_prefix=False)
+        shown = capfd.readouterr()
+        assert warning in shown.out + shown.err
+    finally:
+        console._state["verbose"] = False
+        for name in console.RAY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
