@@ -129,11 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         choices=["simple_cnn", "resnet18"],
-        help="also step this model in the Ray path: the data-wait share of each step, and the "
-        "data-group CPUs per train worker that keep it fed (add limit to --paths for a per-core "
-        "rate on a cluster)",
+        help="also step this model, as the built-in loop does, in the ray and dataloader paths on "
+        "the same device (train.use_gpu): rows/s it trained on, the data-wait share of each "
+        "step, its ceiling on a batch kept on the device (the GPU ceiling), and the data-group "
+        "CPUs per train worker that keep it fed (add limit to --paths for a per-core rate on a "
+        "cluster)",
     )
-    p.add_argument("--epochs", type=int, default=1, help="epochs of the Ray path")
+    p.add_argument(
+        "--epochs", type=int, default=1, help="epochs of the ray, dataloader and mosaic paths"
+    )
     p.add_argument(
         "--memory-check",
         action="store_true",

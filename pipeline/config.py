@@ -257,6 +257,11 @@ class TrainSection(_Section):
     mixed_precision: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="auto: bf16 on GPU, off on CPU"
     )
+    compile: bool = Field(
+        False,
+        description="compile the built-in loop's model with torch.compile on each train worker "
+        "(the pre-flight still runs it eagerly); the first steps take the compilation",
+    )
     seed: int = 0
     max_failures: int = Field(3, ge=-1, description="worker-group restarts; -1 = unlimited")
     checkpoints_to_keep: int = Field(2, ge=1)

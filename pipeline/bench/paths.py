@@ -40,15 +40,17 @@ def _preprocessor(workload, fs):
 _LIMIT_BATCHES: list = []  # set before forking the limit's workers (copy-on-write)
 
 
-def _limit_worker(args) -> tuple[int, float]:
-    """Preprocess some of the in-memory batches; returns rows and the CPU seconds it took."""
+def _limit_worker(args) -> tuple[int, float, float | None]:
+    """Preprocess some of the in-memory batches; returns rows, the CPU seconds it took and
+    when (``time.monotonic``, one clock for every process) its first batch was done."""
     indices, workload = args
     pre = _preprocessor(workload, pafs.LocalFileSystem())
-    n, cpu0 = 0, time.process_time()
+    n, cpu0, first_at = 0, time.process_time(), None
     for i in indices:
         out = pre.batch(dict(_LIMIT_BATCHES[i]))
         n += len(out[workload.spec.label_column])
-    return n, time.process_time() - cpu0
+        first_at = first_at or time.monotonic()
+    return n, time.process_time() - cpu0, first_at
 
 
 def measure_limit(ds: Dataset, workload, cpus: int, cores=None) -> dict:
@@ -67,28 +69,45 @@ def measure_limit(ds: Dataset, workload, cpus: int, cores=None) -> dict:
     ctx = mp.get_context("fork")
     with ctx.Pool(cpus, initializer=pin_to, initargs=(cores,)) as pool:
         pool.map(_limit_worker, [([0], workload)] * cpus)  # warm up: imports, first calls
-        start = time.perf_counter()
+        start = time.monotonic()
         done = pool.map(_limit_worker, shards)
-        seconds = time.perf_counter() - start
+        seconds = time.monotonic() - start
         # let the workers exit: the pool's exit would SIGTERM them, and a fork of a process
         # that runs Ray prints Ray's stack dump on SIGTERM
         pool.close()
         pool.join()
     _LIMIT_BATCHES = []
-    rows, cpu_s = sum(n for n, _ in done), sum(c for _, c in done)
-    return {"rows": rows, "seconds": seconds, "data_cores": cpu_s / seconds}
+    rows, cpu_s = sum(n for n, _, _ in done), sum(c for _, c, _ in done)
+    firsts = [f for _, _, f in done if f is not None]
+    first = min(firsts) - start if firsts else None  # the first batch any worker finished
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "ttfb_s": first,
+        "data_cores": cpu_s / seconds,
+        "epochs": [{"rows": rows, "seconds": seconds, "ttfb_s": first}],
+    }
 
 
 def measure_raw_read(ds: Dataset, workload) -> dict:
-    """pyarrow reading every file (multi-threaded): the storage ceiling."""
+    """pyarrow reading every file (multi-threaded, batches read ahead): the storage ceiling."""
     import pyarrow.dataset as pads
 
     start = time.perf_counter()
-    table = pads.dataset(ds.files, filesystem=ds.loc.fs, format="parquet").to_table(
+    batches = pads.dataset(ds.files, filesystem=ds.loc.fs, format="parquet").to_batches(
         columns=workload.spec.columns, use_threads=True
     )
+    rows, first = 0, None
+    for rb in batches:
+        first = time.perf_counter() - start if first is None else first
+        rows += rb.num_rows
     seconds = time.perf_counter() - start
-    return {"rows": table.num_rows, "seconds": seconds}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "ttfb_s": first,
+        "epochs": [{"rows": rows, "seconds": seconds, "ttfb_s": first}],
+    }
 
 
 class _ParquetStream:
@@ -118,12 +137,22 @@ class _ParquetStream:
                         yield x[i : i + self.batch_size], y[i : i + self.batch_size]
 
 
-def measure_dataloader(ds: Dataset, workload, cpus: int, cores=None) -> dict:
-    """A DataLoader of ``cpus`` workers (pinned to ``cores`` when given) over the files."""
+def measure_dataloader(
+    ds: Dataset, workload, cpus: int, cores=None, *, epochs: int = 1, model: str | None = None
+) -> dict:
+    """A DataLoader of ``cpus`` workers (pinned to ``cores`` when given) over the files, for
+    ``epochs`` epochs (persistent workers, as a user running several epochs would set). With
+    ``model``, each batch goes to the device the ray path's train worker uses and steps the
+    same model (``ModelStep``): rows/s the model trained on, like the ray path's."""
     import functools
 
+    import torch
     from torch.utils.data import DataLoader, IterableDataset
 
+    from pipeline.bench.model_step import ModelStep, local_device, measure_ceiling
+
+    device = local_device(workload.cfg.train.use_gpu) if model else torch.device("cpu")
+    step = ModelStep(model, workload, device) if model else None
     stream = type("ParquetStream", (_ParquetStream, IterableDataset), {})(
         ds, workload, workload.cfg.data.batch_size
     )
@@ -132,23 +161,61 @@ def measure_dataloader(ds: Dataset, workload, cpus: int, cores=None) -> dict:
         batch_size=None,
         num_workers=cpus,
         prefetch_factor=4,
+        persistent_workers=epochs > 1,
+        pin_memory=device.type == "cuda",
         multiprocessing_context="fork",
         worker_init_fn=functools.partial(_pin_worker, cores),
     )
-    # uint8 images are normalised here, in the consumer (on its CPU), as the ray path's
-    # Train worker does on its device
+    # uint8 images are normalised here, in the consumer (on its device), as the ray path's
+    # Train worker does on its own
     on_device = workload.device_steps("train")
     x_col, y_col = workload.spec.input_column, workload.spec.label_column
-    rows = 0
-    start = time.perf_counter()
-    first = None
-    for x, y in loader:
-        if first is None:
-            first = time.perf_counter() - start
-        rows += len(y)
-        if on_device:
-            on_device({x_col: x, y_col: y}, "train")
-    return {"rows": rows, "seconds": time.perf_counter() - start, "ttfb_s": first}
+    out: list[dict] = []
+    kept = None  # a full batch on the device, for the model's ceiling
+    for _ in range(epochs):
+        rows, first = 0, None
+        start = time.perf_counter()
+        batches = iter(loader)  # workers start here (once, when persistent): part of the wait
+        wait = time.perf_counter() - start
+        while True:
+            t = time.perf_counter()
+            item = next(batches, None)
+            wait += time.perf_counter() - t
+            first = time.perf_counter() - start if first is None else first
+            if item is None:
+                break
+            x, y = item
+            rows += len(y)
+            batch = {
+                x_col: x.to(device, non_blocking=True),
+                y_col: y.to(device, non_blocking=True),
+            }
+            if kept is None or len(kept[y_col]) < len(y):
+                kept = dict(batch)  # the device transforms replace columns in place
+            if on_device:
+                batch = on_device(batch, "train")
+            if step is not None:
+                step(batch)
+        if step is not None:
+            step.sync()
+        seconds = time.perf_counter() - start
+        out.append({"rows": rows, "seconds": seconds, "ttfb_s": first, "wait_s": wait})
+    del batches, loader  # the persistent workers end here
+    r = {
+        "rows": sum(e["rows"] for e in out),
+        "seconds": sum(e["seconds"] for e in out),
+        "ttfb_s": out[0]["ttfb_s"],
+        "data_wait_fraction": sum(e["wait_s"] for e in out)
+        / max(sum(e["seconds"] for e in out), 1e-9),
+        "epochs": out,
+    }
+    if step is not None:
+        r["device"] = str(device)
+        r["model_ceiling"] = measure_ceiling(step, kept, on_device)
+        del step
+        if device.type == "cuda":  # the ray path's train worker gets the GPU's memory
+            torch.cuda.empty_cache()
+    return r
 
 
 def _pin_worker(cores, _worker_id: int) -> None:
@@ -175,28 +242,26 @@ def bench_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from pipeline.bench.model_step import ModelStep, measure_ceiling
     from pipeline.train.context import node_object_store_bytes, train_stream
-    from pipeline.usercode import UserCallable, call_factory
-    from pipeline.workloads.models import BUILTIN, build_optimizer
 
     loop_start = time.time()
     workload = config["workload"]
     cfg = workload.cfg
-    x_col, y_col = workload.spec.input_column, workload.spec.label_column
+    y_col = workload.spec.label_column
     # first, as in the training loop: Ray Data's split coordinator starts while the model is
     # built, so a loop with a model waits less for its first batch than one without
     shard_at = time.time()
     shard = ray.train.get_dataset_shard("train")
     device = ray.train.torch.get_device()
-    model = optimizer = None
-    if config.get("model"):
-        factory = UserCallable("--model", BUILTIN[config["model"]])
-        model = ray.train.torch.prepare_model(call_factory(factory, workload.facts))
-        optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0, 0)
+    step = None
+    if config.get("model"):  # the same model step as the dataloader path's
+        step = ModelStep(config["model"], workload, device, prepare=ray.train.torch.prepare_model)
     on_device = workload.device_steps("train")  # uint8 images: normalised here, as in training
     store = node_object_store_bytes()
     epochs = []
     first_batch_at = None
+    kept = None  # a full batch as delivered (on the device), for the model's ceiling
     stream_start = time.time()
     for _ in range(config["epochs"]):
         rows, wait, first = 0, 0.0, None
@@ -214,13 +279,12 @@ def bench_loop(config: dict) -> None:
                 break
             first_batch_at = first_batch_at or time.time()
             rows += len(batch[y_col])
+            if step is not None and (kept is None or len(kept[y_col]) < len(batch[y_col])):
+                kept = dict(batch)  # the device transforms replace columns in place
             if on_device:
                 batch = on_device(batch, "train")
-            if model is not None:
-                loss = torch.nn.functional.cross_entropy(model(batch[x_col]), batch[y_col])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            if step is not None:
+                step(batch)
         if device.type == "cuda":  # steps still queued on the GPU belong to this epoch
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
@@ -233,6 +297,8 @@ def bench_loop(config: dict) -> None:
                 "started_at": started_at,
             }
         )
+    loop_end = time.time()
+    ceiling = measure_ceiling(step, kept, on_device) if step is not None and kept else None
     collector = ray.get_actor(config["collector"])
     ray.get(
         collector.put.remote(
@@ -241,7 +307,10 @@ def bench_loop(config: dict) -> None:
                 "loop_start": loop_start,
                 "shard_to_first_batch_s": first_batch_at and first_batch_at - shard_at,
                 "stream_start": stream_start,
-                "loop_end": time.time(),
+                "loop_end": loop_end,
+                "ceiling_s": time.time() - loop_end,
+                "model_ceiling": ceiling,
+                "device": str(device),
             }
         )
     )
@@ -307,7 +376,8 @@ def measure_ray(
         "shard_to_first_batch_s": out["shard_to_first_batch_s"],
         "data_wait_fraction": sum(e["wait_s"] for e in out["epochs"]) / max(total_s, 1e-9),
         "fit_startup_s": out["loop_start"] - fit_start,
-        "teardown_s": fit_end - out["loop_end"],
+        # the model's ceiling is measured after the last epoch: not tear-down
+        "teardown_s": fit_end - out["loop_end"] - out["ceiling_s"],
         "epochs": out["epochs"],
         "stream_window": (out["stream_start"], out["loop_end"]),
         "spilled_bytes": spilled_bytes() - before_spill,
@@ -318,6 +388,9 @@ def measure_ray(
         steady = out["epochs"][1:] or out["epochs"]
         busy_s = sum(e["seconds"] - e["wait_s"] for e in steady)
         r["model_rows_per_s"] = sum(e["rows"] for e in steady) / max(busy_s, 1e-9)
+        r["device"] = out["device"]
+        if out["model_ceiling"]:
+            r["model_ceiling"] = out["model_ceiling"]
     return r
 
 

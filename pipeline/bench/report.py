@@ -50,6 +50,16 @@ def advise_data_cpus(per: dict, model: str) -> dict:
     return out
 
 
+def add_epoch_rates(epochs: list[dict]) -> None:
+    """Each epoch's rows/s over the whole epoch and from its first batch (rows over the epoch's
+    seconds less its first-batch wait ``ttfb_s``): what the stream delivers once it runs,
+    next to what an epoch's restart costs. In place."""
+    for e in epochs:
+        e["rows_per_s"] = e["rows"] / e["seconds"] if e["seconds"] > 0 else None
+        streaming = e["seconds"] - (e.get("ttfb_s") or 0.0)
+        e["rows_per_s_from_first_batch"] = e["rows"] / streaming if streaming > 0 else None
+
+
 def finalize(results: dict, opts: BenchOptions) -> dict:
     """Top-level keys from the primary storage (S3 when measured: the product's path)."""
     primary = "s3" if "s3" in results["storages"] else "local"
@@ -61,6 +71,13 @@ def finalize(results: dict, opts: BenchOptions) -> dict:
     for p in results["storages"].values():
         if "ray" in p and "limit" in p:
             p["ray"]["efficiency"] = efficiency(p["ray"], p["limit"]["rows_per_s"])
+    if "model_ceiling" in per:
+        results["model_ceiling"] = per["model_ceiling"]["rows_per_s"]
+        for path in ("dataloader", "ray"):
+            if path in per:
+                results[f"{path}_vs_model_ceiling"] = (
+                    per[path]["rows_per_s"] / per["model_ceiling"]["rows_per_s"]
+                )
     if "ray" in per:
         results["ttfb_s"] = per["ray"]["ttfb_s"]
         results["peak_memory_bytes"] = per["ray"]["peak_memory_bytes"]
@@ -129,15 +146,38 @@ def format_table(results: dict) -> str:
                     f"fit start-up {r['fit_startup_s']:.1f}s",
                     f"tear-down {r['teardown_s']:.1f}s",
                 ]
-                if results.get("model"):  # without a model the loop only waits for data
-                    notes.append(
-                        f"{results['model']} step waits for data "
-                        f"{100 * r['data_wait_fraction']:.0f}%"
-                    )
+            # without a model the loop only waits for data
+            if results.get("model") and path in ("dataloader", "ray"):
+                notes.append(
+                    f"{results['model']} on {r['device']} waits for data "
+                    f"{100 * r['data_wait_fraction']:.0f}%"
+                )
             ratio = f"{r['rows_per_s'] / limit:.2f}x" if limit else "-"
             lines.append(
                 f"{name:8} {path:11} {r['rows_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {ratio:>9} "
                 f"{r['peak_memory_bytes'] / 2**20:>8.0f}Mi  {', '.join(notes)}"
+            )
+        c = per.get("model_ceiling")
+        if c:
+            ratio = f"{c['rows_per_s'] / limit:.2f}x" if limit else "-"
+            lines.append(
+                f"{name:8} {'ceiling':11} {c['rows_per_s']:>10.0f} {'':>8} {ratio:>9} {'':>10}  "
+                f"{c['what']}: {c['model']} on {c['device']}, {c['steps']} steps on one batch "
+                f"of {c['batch_rows']} kept on the device"
+            )
+    for name, per in results["storages"].items():
+        for path in ALL_PATHS:
+            epochs = per.get(path, {}).get("epochs")
+            if not epochs:
+                continue
+
+            def each(key: str, fmt: str, epochs=epochs) -> str:
+                return " / ".join("-" if e.get(key) is None else fmt.format(e[key]) for e in epochs)
+
+            lines.append(
+                f"epochs, {name} {path}: rows/s {each('rows_per_s', '{:.0f}')}; "
+                f"from the first batch {each('rows_per_s_from_first_batch', '{:.0f}')}; "
+                f"first-batch wait {each('ttfb_s', '{:.2f}')} s"
             )
     for name, per in results["storages"].items():
         eff = per.get("ray", {}).get("efficiency")

@@ -28,7 +28,7 @@ from pipeline.bench.paths import (
     measure_raw_read,
     measure_ray,
 )
-from pipeline.bench.report import advise_data_cpus, finalize
+from pipeline.bench.report import add_epoch_rates, advise_data_cpus, finalize
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
 from pipeline.storage import resolve_endpoint
@@ -146,7 +146,9 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                     elif path == "raw_read":
                         r = measure_raw_read(ds, workload)
                     elif path == "dataloader":
-                        r = measure_dataloader(ds, workload, cpus, cores)
+                        r = measure_dataloader(
+                            ds, workload, cpus, cores, epochs=opts.epochs, model=opts.model
+                        )
                     elif path == "mosaic":
                         r = measure_mosaic(
                             ds, cfg, local_root, cpus, cores, opts.mosaic_python, opts.epochs
@@ -161,6 +163,7 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                             timeline=opts.timeline and timeline_path(opts.timeline, name),
                         )
                 r["rows_per_s"] = r["rows"] / r["seconds"]
+                add_epoch_rates(r["epochs"])
                 r["mb_per_s"] = r["rows_per_s"] * per["bytes_per_row"] / 1e6
                 r["peak_memory_bytes"] = mem.peak
                 # the ray path: while batches stream (not Train's start-up and tear-down)
@@ -180,6 +183,18 @@ def run_bench(cfg: PipelineConfig, opts: BenchOptions, address: str | None) -> d
                     # what bounds a path: cores its preprocessing got x rows per such core
                     r["rows_per_data_core_s"] = r["rows_per_s"] / r["data_cores"]
                 per[path] = r
+            # the model's rows/s on a batch kept on the device: the ray path's train worker's
+            # when it ran, else the DataLoader's (the same model on the same device)
+            ceiling = next(
+                (
+                    per[p]["model_ceiling"]
+                    for p in ("ray", "dataloader")
+                    if "model_ceiling" in per.get(p, {})
+                ),
+                None,
+            )
+            if ceiling:
+                per["model_ceiling"] = ceiling
             if opts.model and "ray" in per:
                 per["advice"] = advise_data_cpus(per, opts.model)
             results["storages"][name] = per

@@ -38,6 +38,8 @@ def test_bench_runs_every_path_on_local_and_s3(ray_cluster, s3, tmp_path):
         "1",
         "--model",
         "simple_cnn",
+        "--epochs",
+        "2",
         "--json",
         str(out),
         timeout=300,
@@ -54,7 +56,21 @@ def test_bench_runs_every_path_on_local_and_s3(ray_cluster, s3, tmp_path):
         train_rows = per["rows"]
         assert train_rows > 2000  # the train split of 3000 rows
         for path in ("limit", "raw_read", "dataloader", "ray"):
-            assert per[path]["rows"] == train_rows, (storage, path)
+            # every path: each epoch's rows/s, whole and from its first batch, and that wait
+            epochs = per[path]["epochs"]
+            each = train_rows if path in ("dataloader", "ray") else per[path]["rows"]
+            assert [e["rows"] for e in epochs] == [each] * len(epochs), (storage, path)
+            assert len(epochs) == (2 if path in ("dataloader", "ray") else 1), (storage, path)
+            for e in epochs:
+                assert e["ttfb_s"] >= 0 and e["rows_per_s_from_first_batch"] >= e["rows_per_s"] > 0
+        assert per["limit"]["rows"] == per["raw_read"]["rows"] == train_rows
+        # like with like: the DataLoader steps the same model on the same device as the ray
+        # path, and the model's rate on a batch kept on the device stands beside them
+        assert per["dataloader"]["device"] == per["ray"]["device"] == "cpu"
+        assert 0 < per["dataloader"]["data_wait_fraction"] < 1
+        ceiling = per["model_ceiling"]
+        assert ceiling["model"] == "simple_cnn" and ceiling["what"] == "model ceiling"
+        assert ceiling["rows_per_s"] > 0 and ceiling["steps"] >= 3
         assert per["ray"]["fit_startup_s"] > 0 and per["ray"]["teardown_s"] > 0
         assert per["ray"]["shard_to_first_batch_s"] > 0 and per["ray"]["ttfb_s"] > 0
         # the model's steps: the share spent waiting, and the data CPUs that keep it fed
@@ -66,6 +82,7 @@ def test_bench_runs_every_path_on_local_and_s3(ray_cluster, s3, tmp_path):
         assert advice["per_core_from"] == "limit"
         assert advice["data_cpus_per_train_worker"] >= 1
     assert results["advised_data_cpus_per_train_worker"] >= 1
+    assert results["model_ceiling"] > 0 and results["dataloader_vs_model_ceiling"] > 0
     # the table a user reads
     for line in (
         "local    limit",
@@ -74,6 +91,10 @@ def test_bench_runs_every_path_on_local_and_s3(ray_cluster, s3, tmp_path):
         "after the shard request",
         "advice, s3: simple_cnn",
         "give the data group at least",
+        "s3       ceiling",
+        "simple_cnn on cpu waits for data",
+        "epochs, s3 dataloader: rows/s",
+        "first-batch wait",
     ):
         assert line in r.output, line
     # the dataset is on the bucket for the next run

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from pipeline.bench import BenchOptions, advise_data_cpus, finalize, format_table
+from pipeline.bench.report import add_epoch_rates
 
 
 def _path(rows_per_s: float) -> dict:
@@ -24,6 +25,7 @@ def _ray(model_rows_per_s: float, *, data_cores: float | None = None, epochs: in
         data_wait_fraction=0.02,
         epochs=[{"rows": 500, "seconds": 1.25}] * epochs,
         model_rows_per_s=model_rows_per_s,
+        device="cpu",
     )
     if data_cores is not None:
         r.update(data_cores=data_cores, rows_per_data_core_s=400.0 / data_cores)
@@ -108,3 +110,40 @@ def test_the_timeline_goes_beside_the_given_file_one_per_storage(given, written)
     from pipeline.bench.run import timeline_path
 
     assert timeline_path(given, "local") == written
+
+
+def test_each_epoch_has_its_rate_whole_and_from_its_first_batch():
+    epochs = [
+        {"rows": 1000, "seconds": 2.0, "ttfb_s": 1.0},  # half the epoch waiting to start
+        {"rows": 1000, "seconds": 0.5, "ttfb_s": 0.0},
+        {"rows": 0, "seconds": 0.0, "ttfb_s": None},  # nothing to time
+    ]
+    add_epoch_rates(epochs)
+    assert [e["rows_per_s"] for e in epochs] == [500.0, 2000.0, None]
+    assert [e["rows_per_s_from_first_batch"] for e in epochs] == [1000.0, 2000.0, None]
+
+
+def test_the_table_shows_the_model_ceiling_and_every_paths_epochs():
+    loader = _path(300.0)
+    loader.update(data_wait_fraction=0.4, device="cuda:0", epochs=[
+        {"rows": 600, "seconds": 2.0, "ttfb_s": 0.5}, {"rows": 600, "seconds": 2.0, "ttfb_s": 0.1},
+    ])  # fmt: skip
+    ray = _ray(900.0)
+    ray["epochs"] = [{"rows": 500, "seconds": 1.25, "ttfb_s": 0.25}] * 2
+    for r in (loader, ray):
+        add_epoch_rates(r["epochs"])
+    ceiling = {"rows_per_s": 1200.0, "steps": 40, "batch_rows": 256, "device": "cuda:0",
+               "model": "resnet18", "what": "GPU ceiling", "seconds": 8.5}  # fmt: skip
+    per = {"limit": _limit(), "dataloader": loader, "ray": ray, "model_ceiling": ceiling}
+    results, table = _report(per)
+    assert results["model_ceiling"] == 1200.0
+    assert results["dataloader_vs_model_ceiling"] == 0.25
+    assert "s3       ceiling           1200" in table
+    assert "GPU ceiling: resnet18 on cuda:0, 40 steps on one batch of 256" in table
+    assert "resnet18 on cuda:0 waits for data 40%" in table  # the DataLoader's, like the ray's
+    assert (
+        "epochs, s3 dataloader: rows/s 300 / 300; from the first batch 400 / 316; "
+        "first-batch wait 0.50 / 0.10 s" in table
+    )
+    assert "epochs, s3 ray: rows/s 400 / 400; from the first batch 500 / 500" in table
+    json.dumps(results)
