@@ -287,6 +287,38 @@ def read_footer(loc: Location, path: str, size: int | None = None) -> pq.FileMet
     return _PARQUET.make_fragment(path, loc.fs, file_size=size).metadata
 
 
+def _leaf_count(t: pa.DataType) -> int:
+    """How many Parquet leaf columns a field of type ``t`` is stored as."""
+    if isinstance(t, pa.ExtensionType):
+        return _leaf_count(t.storage_type)
+    if pa.types.is_struct(t):
+        return sum(_leaf_count(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _leaf_count(t.key_type) + _leaf_count(t.item_type)
+    if (
+        pa.types.is_list(t)
+        or pa.types.is_large_list(t)
+        or pa.types.is_fixed_size_list(t)
+        or pa.types.is_list_view(t)
+        or pa.types.is_large_list_view(t)
+    ):
+        return _leaf_count(t.value_type)
+    return 1
+
+
+def leaf_columns(schema: pa.Schema, name: str) -> list[int]:
+    """The Parquet leaf column numbers of the top-level field ``name``: a row group's
+    statistics, types and sizes are numbered by leaf (``image.bytes``, ``image.path``,
+    ``label``), not by top-level field, so every nested column before ``name`` shifts it."""
+    start = 0
+    for f in schema:
+        n = _leaf_count(f.type)
+        if f.name == name:
+            return list(range(start, start + n))
+        start += n
+    raise KeyError(name)
+
+
 def check_footer(
     loc: Location, path: str, cfg: PipelineConfig, cols: Columns, size: int | None = None
 ) -> FileInfo:
@@ -333,7 +365,14 @@ def check_footer(
             md.num_rows,
             f"column '{cols.label}' (data.label_column) in {uri} is {ltype}, expected {expected}",
         )
-    info = FileInfo(md.num_rows, label_range=_label_range(md, names.index(cols.label)))
+    label_leaf = leaf_columns(schema, cols.label)
+    if len(label_leaf) != 1:  # a nested label cannot be a class number
+        return FileInfo(
+            md.num_rows,
+            f"column '{cols.label}' (data.label_column) in {uri} is {ltype}, expected one "
+            "number per row",
+        )
+    info = FileInfo(md.num_rows, label_range=_label_range(md, label_leaf[0]))
     if (
         builtin
         and cfg.train.task == "classification"
@@ -343,7 +382,7 @@ def check_footer(
         first_row = 0
         for g in range(md.num_row_groups):
             rg = md.row_group(g)
-            stats = rg.column(names.index(cols.label)).statistics
+            stats = rg.column(label_leaf[0]).statistics
             if stats is not None and stats.has_min_max and is_numeric_type(ltype):
                 lo, hi = stats.min, stats.max
                 if lo < 0 or hi >= data.num_classes:
