@@ -211,6 +211,7 @@ class TrainContext:
         self._board = named_actor(loop_config.get("board")) if self.rank == 0 else None
         self._run = self.config.storage.run_name
         self._rows_per_epoch = loop_config.get("train_rows")  # the whole split, all workers
+        self._source = loop_config.get("source")  # a table's snapshot/version: resume reads it
         self._running: dict[str, Any] = {}
         self._posted_at = 0.0
         self._warned_no_state = False
@@ -320,6 +321,8 @@ class TrainContext:
         (max_elapsed,) = _reduce([elapsed], "max")
         record: dict[str, Any] = {"epoch": self.epoch + 1}
         record.update({k: _plain(v) for k, v in metrics.items()})
+        if self._source:
+            record["source"] = self._source
         record.update(
             {
                 "train_rows": int(total_rows),

@@ -258,6 +258,7 @@ def run_training(
         "ledger": name,
         "board": board_name(cfg.storage.run_name),
         "train_rows": p.splits.train.rows,
+        "source": p.splits.pinned(),  # the snapshot/version read: saved in every checkpoint
     }
     trainer = build_trainer(cfg, datasets, storage, extra_loop_config=loop_config)
     try:
@@ -277,6 +278,7 @@ def run_training(
             "ray_job_id": ray.get_runtime_context().get_job_id(),
             "wall_s": round(time.monotonic() - started, 2),
             "train_rows_in_dataset": p.splits.train.rows,
+            "source": p.splits.pinned() or None,  # the table snapshot/version each split read
             "class_names": workload.columns.class_names,
             "runtime_env": runtime_env or None,
             "bad_records": {  # rows skipped in one pass over each split (the last epoch)

@@ -19,15 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import load_config
-from pipeline.datasets import (
-    check_footer,
-    check_split,
-    find_splits,
-    infer_num_classes,
-    leaf_columns,
-    resolve_columns,
-)
+from pipeline.datasets import infer_num_classes, resolve_columns
 from pipeline.errors import DataError
+from pipeline.sources import find_splits
+from pipeline.sources.parquet import check_footer, check_split, leaf_columns
 
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
