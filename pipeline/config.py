@@ -254,8 +254,13 @@ class DataSection(_Section):
                 "data.split_column: one table holds both splits; name the column that says "
                 "which (or set data.train_table and data.validation_table)"
             )
-        if set(self.split_values) != {"train", "validation"}:
-            raise ValueError("data.split_values: give the values of train and validation")
+        unknown = set(self.split_values) - {"train", "validation"}
+        if unknown:
+            raise ValueError(f"data.split_values: {sorted(unknown)[0]} is not a split (train, "
+                             "validation)")  # fmt: skip
+        # one renamed split keeps the other's default value
+        self.__dict__["split_values"] = {"train": "train", "validation": "validation",
+                                         **self.split_values}  # fmt: skip
         if self.format == "iceberg":
             return self
         if self.uri is None and (self.train_uri is None or self.validation_uri is None):
