@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing Parquet files")
     p.add_argument("--create-bucket", action="store_true", help="create the S3 bucket if missing")
+    p.add_argument(
+        "--format",
+        choices=["parquet", "iceberg"],
+        default="parquet",
+        help="iceberg: one table with a `split` column, in the catalog of data.catalog / "
+        "--catalog, named by --table",
+    )
+    p.add_argument(
+        "--catalog",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="iceberg: a catalog property (type=sql, uri=sqlite:///..., warehouse=s3://...)",
+    )
+    p.add_argument("--table", help="iceberg: <namespace>.<table> (default: data.table)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train on the cluster (resumes a run with checkpoints)")
@@ -239,6 +254,37 @@ def _print_summary(summary: dict) -> None:
     print(json.dumps(compact, sort_keys=True, default=str), flush=True)
 
 
+def _prepare_table(args, cfg, src) -> int:
+    """prepare --format iceberg: one table with a split column."""
+    from pipeline.prepare_table import split_table, write_iceberg
+
+    catalog = dict(cfg.data.catalog)
+    for item in args.catalog:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PipelineError(f"--catalog {item}: expected KEY=VALUE")
+        catalog[key] = value
+    cfg.data.catalog = catalog
+    name = args.table or cfg.data.table or f"default.{src.name}"
+    t = time.monotonic()
+    table = split_table(src, args.validation_fraction, args.seed)
+    written = write_iceberg(table, cfg, name, overwrite=args.overwrite)
+    print(
+        f"wrote {table.num_rows} rows to iceberg table {name} (snapshot {written['snapshot']}, "
+        f"{time.monotonic() - t:.1f}s)",
+        file=sys.stderr,
+    )
+    settings = [
+        "data.format=iceberg",
+        f"data.table={name}",
+        "data.split_column=split",
+        *(f"data.catalog.{k}={v}" for k, v in catalog.items()),
+    ]
+    print("train it with: " + " ".join(f"--set {o}" for o in settings), file=sys.stderr)
+    print(json.dumps({**written, "format": "iceberg", "source": src.name}), flush=True)
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from pipeline import prepare as prep
 
@@ -259,6 +305,8 @@ def cmd_prepare(args) -> int:
             raise PipelineError("prepare imagefolder needs DIRECTORY (one sub-folder per class)")
         size = _parse_size(args.image_size) if args.image_size else None
         src = prep.imagefolder_source(args.directory, size)
+    if args.format != "parquet":
+        return _prepare_table(args, cfg, src)
     t = time.monotonic()
     manifest = prep.prepare(
         src,

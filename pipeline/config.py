@@ -104,9 +104,37 @@ class DataSection(_Section):
     ``data/train-00000-of-00002.parquet``, ``validation``/``valid``/``val``, ``test``), as
     Hugging Face lays datasets out; ``train_uri``/``validation_uri`` name a split directly."""
 
+    format: Literal["parquet", "csv", "json", "iceberg", "delta", "lance"] | None = Field(
+        None,
+        description="default: parquet, or csv/json/delta from what data.uri holds (.csv, "
+        ".json/.jsonl files, a _delta_log/ folder)",
+    )
     uri: str | None = "data/digits"
     train_uri: str | None = None
     validation_uri: str | None = None
+    table: str | None = Field(
+        None, description="iceberg: <namespace>.<table> holding both splits (data.split_column)"
+    )
+    train_table: str | None = None
+    validation_table: str | None = None
+    catalog: dict[str, Any] = Field(
+        default_factory=dict,
+        description="iceberg: pyiceberg's catalog properties (type: sql, uri: sqlite:///...,"
+        " warehouse: s3://...; type: rest, uri: ...); name: the catalog's name",
+    )
+    split_column: str | None = Field(
+        None, description="one table or folder holding both splits: the column naming each row's"
+    )
+    split_values: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation"},
+        description="the split column's value for each split",
+    )
+    snapshot: int | None = Field(
+        None, description="iceberg: the snapshot id to read (default: the current one, pinned)"
+    )
+    version: int | None = Field(
+        None, description="delta / lance: the version to read (default: the latest, pinned)"
+    )
     image_column: str | None = Field(
         None,
         description="binary or struct<bytes, path> column of encoded images; "
@@ -208,6 +236,34 @@ class DataSection(_Section):
 
     @model_validator(mode="after")
     def _sources(self) -> DataSection:
+        tables = self.table is not None or (
+            self.train_table is not None and self.validation_table is not None
+        )
+        if self.format == "iceberg" and not tables:
+            raise ValueError(
+                "data.table: an iceberg source names <namespace>.<table> (or both "
+                "data.train_table and data.validation_table)"
+            )
+        if self.format == "iceberg" and not self.catalog:
+            raise ValueError("data.catalog: an iceberg source names its catalog's properties")
+        if (
+            self.table is not None
+            and self.split_column is None
+            and not (self.train_table or self.validation_table)
+        ):
+            raise ValueError(
+                "data.split_column: one table holds both splits; name the column that says "
+                "which (or set data.train_table and data.validation_table)"
+            )
+        unknown = set(self.split_values) - {"train", "validation"}
+        if unknown:
+            raise ValueError(f"data.split_values: {sorted(unknown)[0]} is not a split (train, "
+                             "validation)")  # fmt: skip
+        # one renamed split keeps the other's default value
+        self.__dict__["split_values"] = {"train": "train", "validation": "validation",
+                                         **self.split_values}  # fmt: skip
+        if self.format == "iceberg":
+            return self
         if self.uri is None and (self.train_uri is None or self.validation_uri is None):
             raise ValueError(
                 "data.uri: set a dataset root, or both data.train_uri and data.validation_uri"

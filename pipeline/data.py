@@ -24,9 +24,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import metrics
-from pipeline.datasets import Split
 from pipeline.errors import DataError, PipelineError, UserCodeError, first_line
 from pipeline.records import BadRecord, check_labels, row_digests
+from pipeline.sources import Split
 from pipeline.usercode import UserCallable
 
 log = logging.getLogger(__name__)
@@ -426,13 +426,13 @@ def build_dataset(
     ledger: str | None = None,
     actors: int = 1,
 ):
-    """read_parquet -> map_batches(preprocessing), both pinned to the data group.
+    """The split's read (its format's Ray reader) -> map_batches(preprocessing), both pinned
+    to the data group.
 
     ``data`` is the config's data section; ``actors`` the pool size when data.preprocess is
     a class."""
     import inspect
 
-    import ray.data
     from ray.data import FileShuffleConfig
 
     configure_data_context(spec)
@@ -443,14 +443,11 @@ def build_dataset(
         )
     placement = {"label_selector": selector} if selector else {}
     pooled = inspect.isclass(spec.preprocess.target())
-    ds = ray.data.read_parquet(
-        split.files,
-        filesystem=split.loc.fs,
-        columns=spec.columns,
+    ds = split.read(
+        spec.columns,
         shuffle=shuffle,
-        include_paths=True,
-        # one task per file, not Ray's 128 MiB bin-packing (a small dataset: one task)
-        override_num_blocks=data.read_tasks or len(split.files),
+        # one task per file or fragment, not Ray's 128 MiB bin-packing (a small dataset: one)
+        read_tasks=data.read_tasks,
         # with an actor pool the reads only read: let them share the actors' cores
         **({"num_cpus": 0} if pooled else {}),
         **placement,
@@ -458,8 +455,8 @@ def build_dataset(
     kwargs = dict(
         spec=spec,
         split=split.name,
-        fs=split.loc.fs,
-        uri_prefix="s3://" if split.loc.is_s3 else "",
+        fs=split.fs,
+        uri_prefix=split.uri_prefix,
         ledger=ledger,
     )
     common = dict(batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **placement)

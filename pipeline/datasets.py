@@ -1,132 +1,25 @@
-"""Which files make each split, what their columns are, and whether every file can be read.
+"""What the pipeline makes of a dataset's columns, whatever format holds them.
 
-All of it runs on the driver before any Ray work, from listings and Parquet footers only:
-- splits from a dataset root by file or folder name, as Hugging Face lays datasets out
-  (``data/train-00000-of-00002.parquet``, ``train/part-0.parquet``, ``validation``, ``valid``,
-  ``val``, ``test``), or one URI per split;
 - the columns: an image column (binary, or Hugging Face's ``struct<bytes, path>``), numeric
   feature columns of a table, the label; class names from the ``huggingface`` schema metadata;
-- every footer, in parallel (on S3 each is a GET), naming the file and column that is wrong.
+- the class count when data.num_classes is unset: the class names, else the largest label of
+  the statistics (or of the first batch, where the format keeps none).
+
+Which files or tables make each split, and how they are read, is each format's own:
+``pipeline/sources/``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import re
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.dataset as pds
-import pyarrow.parquet as pq
 
 from pipeline.config import FEATURES_COLUMN, IMAGE_COLUMN, PipelineConfig
-from pipeline.errors import DataError, first_line
-from pipeline.storage import Location, check_bucket, list_files, resolve
+from pipeline.errors import DataError
 
-log = logging.getLogger(__name__)
-
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "validation": "validation",
-    "valid": "validation",
-    "val": "validation",
-    "dev": "validation",
-    "test": "test",
-}
-_TOKEN = re.compile(r"[-_.]")
 IMAGE_COLUMN_NAMES = ("image", "img", "picture", "photo")
-
-
-# --- splits ------------------------------------------------------------------------------
-
-
-def split_of(relpath: str) -> str | None:
-    """The split a file belongs to, from the first folder or file-name word that names one:
-    ``data/train-00000-of-00002.parquet`` and ``train/part-0.parquet`` are both train."""
-    parts = relpath.strip("/").split("/")
-    parts[-1] = parts[-1].rsplit(".", 1)[0]
-    for part in parts:
-        for token in _TOKEN.split(part.lower()):
-            if token in SPLIT_NAMES:
-                return SPLIT_NAMES[token]
-    return None
-
-
-def discover_splits(loc: Location, sizes: dict[str, int] | None = None) -> dict[str, list[str]]:
-    """Every Parquet file under a dataset root, grouped by split (files of no split left out);
-    ``sizes`` gets each file's size."""
-    files = list_files(loc, sizes=sizes)
-    if not files:
-        raise DataError(f"no Parquet files under {loc.uri} ({loc.field})")
-    root = loc.path.rstrip("/")
-    found: dict[str, list[str]] = {}
-    for path in files:
-        rel = path[len(root) :].lstrip("/") if path.startswith(root) else path
-        split = split_of(rel)
-        if split is not None:
-            found.setdefault(split, []).append(path)
-    return found
-
-
-@dataclass
-class Split:
-    """One split: where it is and which files it reads."""
-
-    name: str
-    loc: Location
-    files: list[str]
-    sizes: dict[str, int] = field(default_factory=dict)  # path -> bytes, from the listing
-    rows: int | None = 0  # None: not counted (data.validate_files=false)
-    skipped_files: dict[str, str] = field(default_factory=dict)  # uri -> reason
-
-
-@dataclass
-class Splits:
-    train: Split
-    validation: Split
-
-
-def find_splits(cfg: PipelineConfig) -> Splits:
-    """The train and validation files: named by data.train_uri / data.validation_uri, else
-    found by name under data.uri (validation: validation/valid/val/dev, else test)."""
-    data = cfg.data
-    found: dict[str, list[str]] | None = None
-    root = None
-    sizes: dict[str, int] = {}
-    if data.train_uri is None or data.validation_uri is None:
-        root = resolve(data.uri, cfg.s3, "data.uri")
-        check_bucket(root, cfg.s3)
-        found = discover_splits(root, sizes)
-
-    def one(name: str, uri: str | None, field_name: str) -> Split:
-        if uri is not None:
-            loc = resolve(uri, cfg.s3, field_name)
-            check_bucket(loc, cfg.s3)
-            own: dict[str, int] = {}
-            files = list_files(loc, sizes=own)
-            if not files:
-                raise DataError(f"no Parquet files under {loc.uri} ({field_name})")
-            return Split(name, loc, files, own)
-        files = found.get(name)
-        if not files and name == "validation" and found.get("test"):
-            log.info("no validation split under %s: validating on its test split", root.uri)
-            files = found["test"]
-        if not files:
-            names = "train" if name == "train" else "validation, valid, val, dev or test"
-            have = ", ".join(f"{k} ({len(v)} files)" for k, v in sorted(found.items())) or "none"
-            raise DataError(
-                f"no {name} split under {root.uri} (data.uri): expected Parquet files or folders "
-                f"named {names}; splits found: {have}; or set data.{name}_uri"
-            )
-        return Split(name, root, files, {p: sizes[p] for p in files})
-
-    return Splits(
-        one("train", data.train_uri, "data.train_uri"),
-        one("validation", data.validation_uri, "data.validation_uri"),
-    )
 
 
 # --- columns -------------------------------------------------------------------------------
@@ -265,39 +158,49 @@ def resolve_columns(
     return cols
 
 
-# --- footers -------------------------------------------------------------------------------
-
-
 @dataclass
 class FileInfo:
+    """What a format's metadata says of one part of a split (a file, a data file)."""
+
     rows: int
     problem: str | None = None
     label_range: tuple[float, float] | None = None  # from statistics, None when absent
 
 
-_PARQUET = pds.ParquetFileFormat()
+def infer_num_classes(
+    cols: Columns,
+    infos: list[FileInfo],
+    uri: str,
+    *,
+    first_batch: tuple[float, float] | None = None,
+) -> tuple[int, str]:
+    """Class count when data.num_classes is unset, and where it came from: the class names,
+    else the largest label + 1 of the statistics, else (a format without statistics) of the
+    first batch, said so."""
+    if cols.class_names:
+        return len(cols.class_names), "the dataset's class names"
+    ranges = [i.label_range for i in infos]
+    if infos and all(r is not None for r in ranges):
+        hi = max(r[1] for r in ranges)
+        if hi >= 1 and float(hi).is_integer():
+            return int(hi) + 1, f"the largest label, {int(hi)}; set it if that label is wrong"
+    if not infos and first_batch is not None:
+        hi = first_batch[1]
+        if hi >= 1 and float(hi).is_integer():
+            return int(hi) + 1, (
+                f"the largest label of the first batch, {int(hi)} ({uri} keeps no label "
+                "statistics); set it if the data holds larger labels"
+            )
+    raise DataError(
+        f"cannot tell how many classes the labels of {uri} have (no class names in the "
+        "Hugging Face metadata, no label statistics in the footers): set data.num_classes"
+    )
 
 
-def read_footer(loc: Location, path: str, size: int | None = None) -> pq.FileMetaData:
-    """A file's Parquet footer; with its ``size`` known (from the listing), one ranged read
-    of its tail: no request for the size first (half the requests on S3)."""
-    if size is None:
-        with loc.fs.open_input_file(path) as f:
-            return pq.ParquetFile(f).metadata
-    return _PARQUET.make_fragment(path, loc.fs, file_size=size).metadata
-
-
-def check_footer(
-    loc: Location, path: str, cfg: PipelineConfig, cols: Columns, size: int | None = None
-) -> FileInfo:
-    """Rows in ``path``, its label range, and why it cannot be used (None when it can)."""
-    uri = loc.uri_of(path)
-    data = cfg.data
-    try:
-        md = read_footer(loc, path, size)
-    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a corrupt footer
-        return FileInfo(0, f"file {uri} is not a readable Parquet file: {first_line(e)}")
-    schema = md.schema.to_arrow_schema()
+def column_problem(schema: pa.Schema, cfg: PipelineConfig, cols: Columns, where: str) -> str | None:
+    """Why the columns of one file or table (``where``) cannot be read as ``cols`` says, or
+    None: a column missing, an image column that holds no encoded images, a feature column
+    that is not numbers, a label that is not numbers (integers, to classify)."""
     names = schema.names
     fields = {
         cols.label: "data.label_column",
@@ -307,143 +210,47 @@ def check_footer(
     for col in cols.read:
         if col not in names:
             fld = fields.get(col, "data.columns")
-            return FileInfo(
-                md.num_rows,
-                f"column '{col}' ({fld}) not found in {uri}; its columns are: {', '.join(names)}",
+            return (
+                f"column '{col}' ({fld}) not found in {where}; its columns are: {', '.join(names)}"
             )
     if cols.image and not is_image_type(schema.field(cols.image).type):
-        return FileInfo(
-            md.num_rows,
-            f"column '{cols.image}' (data.image_column) in {uri} is "
+        return (
+            f"column '{cols.image}' (data.image_column) in {where} is "
             f"{schema.field(cols.image).type}, expected binary or struct<bytes: binary, ...> "
-            "(encoded image bytes)",
+            "(encoded image bytes)"
         )
     for col in cols.features or ():
         t = schema.field(col).type
         if not _is_feature_type(t):
-            return FileInfo(
-                md.num_rows,
-                f"column '{col}' (data.feature_columns) in {uri} is {t}, expected numbers",
-            )
+            return f"column '{col}' (data.feature_columns) in {where} is {t}, expected numbers"
     ltype = schema.field(cols.label).type
-    builtin = not cols.user_preprocess
-    if builtin and not is_numeric_type(ltype):
+    if not cols.user_preprocess and not is_numeric_type(ltype):
         expected = "integers" if cfg.train.task == "classification" else "numbers"
-        return FileInfo(
-            md.num_rows,
-            f"column '{cols.label}' (data.label_column) in {uri} is {ltype}, expected {expected}",
+        return (
+            f"column '{cols.label}' (data.label_column) in {where} is {ltype}, expected {expected}"
         )
-    info = FileInfo(md.num_rows, label_range=_label_range(md, names.index(cols.label)))
-    if (
-        builtin
+    return None
+
+
+def labels_outside(lo, hi, cfg: PipelineConfig, cols: Columns) -> bool:
+    """Whether labels lo..hi fall outside data.num_classes where the built-in checks apply
+    (a classification with bad_records=fail and the class count set)."""
+    data = cfg.data
+    return (
+        not cols.user_preprocess
         and cfg.train.task == "classification"
         and data.bad_records == "fail"
         and data.num_classes is not None
-    ):
-        first_row = 0
-        for g in range(md.num_row_groups):
-            rg = md.row_group(g)
-            stats = rg.column(names.index(cols.label)).statistics
-            if stats is not None and stats.has_min_max and is_numeric_type(ltype):
-                lo, hi = stats.min, stats.max
-                if lo < 0 or hi >= data.num_classes:
-                    info.problem = (
-                        f"labels {lo:g}..{hi:g} in {uri} "
-                        f"rows {first_row}-{first_row + rg.num_rows - 1} "
-                        f"are outside the classes 0..{data.num_classes - 1} (data.num_classes; "
-                        "data.bad_records=skip skips and counts such rows)"
-                    )
-                    return info
-            first_row += rg.num_rows
-    return info
-
-
-def _label_range(md: pq.FileMetaData, col: int) -> tuple[float, float] | None:
-    lo = hi = None
-    for g in range(md.num_row_groups):
-        stats = md.row_group(g).column(col).statistics
-        if stats is None or not stats.has_min_max:
-            return None
-        try:
-            a, b = float(stats.min), float(stats.max)
-        except (TypeError, ValueError):
-            return None
-        lo = a if lo is None else min(lo, a)
-        hi = b if hi is None else max(hi, b)
-    return None if lo is None else (lo, hi)
-
-
-def check_split(
-    split: Split, cfg: PipelineConfig, cols: Columns, *, threads: int = 16
-) -> list[FileInfo]:
-    """Check every footer of a split; drop bad files (skip) or fail naming the first."""
-    data = cfg.data
-    if not data.validate_files:
-        split.rows = None
-        return []
-    with ThreadPoolExecutor(max_workers=min(threads, len(split.files))) as pool:
-        infos = list(
-            pool.map(
-                lambda p: check_footer(split.loc, p, cfg, cols, split.sizes.get(p)), split.files
-            )
-        )
-    good, kept = [], []
-    split.rows = 0
-    for path, info in zip(split.files, infos, strict=True):
-        if info.problem is None:
-            good.append(path)
-            kept.append(info)
-            split.rows += info.rows
-        elif data.bad_records == "skip":
-            log.warning("skipping %s", info.problem)
-            split.skipped_files[split.loc.uri_of(path)] = info.problem
-        else:
-            problem = info.problem
-            if "data.bad_records" not in problem:
-                problem += " (data.bad_records=skip skips such files)"
-            raise DataError(problem)
-    if not good:
-        raise DataError(f"no usable Parquet files in the {split.name} split ({split.loc.uri})")
-    split.files = good
-    return kept
-
-
-def infer_num_classes(cols: Columns, infos: list[FileInfo], uri: str) -> tuple[int, str]:
-    """Class count when data.num_classes is unset, and where it came from: the class names,
-    else the largest label + 1."""
-    if cols.class_names:
-        return len(cols.class_names), "the dataset's class names"
-    ranges = [i.label_range for i in infos]
-    if infos and all(r is not None for r in ranges):
-        hi = max(r[1] for r in ranges)
-        if hi >= 1 and float(hi).is_integer():
-            return int(hi) + 1, f"the largest label, {int(hi)}; set it if that label is wrong"
-    raise DataError(
-        f"cannot tell how many classes the labels of {uri} have (no class names in the "
-        "Hugging Face metadata, no label statistics in the footers): set data.num_classes"
+        and (lo < 0 or hi >= data.num_classes)
     )
 
 
-def read_sample(split: Split, columns: list[str], rows: int = 64) -> pa.Table:
-    """The first ``rows`` rows of the split's first file: the pre-flight's real batch."""
-    path = split.files[0]
-    try:
-        with split.loc.fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            batch = next(pf.iter_batches(batch_size=rows, columns=columns), None)
-    except Exception as e:
-        raise DataError(f"cannot read {split.loc.uri_of(path)}: {first_line(e)}") from None
-    if batch is None:
-        raise DataError(f"{split.loc.uri_of(path)} has no rows")
-    return pa.Table.from_batches([batch])
+def label_range_of(table: pa.Table, label: str) -> tuple[float, float] | None:
+    """The smallest and largest label of rows read (where a format keeps no statistics)."""
+    import pyarrow.compute as pc
 
-
-def first_schema(split: Split) -> pa.Schema:
-    path = split.files[0]
-    try:
-        with split.loc.fs.open_input_file(path) as f:
-            return pq.ParquetFile(f).schema_arrow
-    except Exception as e:
-        raise DataError(
-            f"file {split.loc.uri_of(path)} is not a readable Parquet file: {first_line(e)}"
-        ) from None
+    col = table.column(label)
+    if not is_numeric_type(col.type) or col.null_count == len(col):
+        return None
+    mm = pc.min_max(col).as_py()
+    return float(mm["min"]), float(mm["max"])

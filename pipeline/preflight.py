@@ -20,16 +20,7 @@ import pyarrow as pa
 
 from pipeline.config import NODE_GROUP_LABEL, PipelineConfig
 from pipeline.data import PATH_COLUMN, ROW_DIGEST_COLUMN, Preprocessor, to_numpy
-from pipeline.datasets import (
-    Split,
-    Splits,
-    check_split,
-    find_splits,
-    first_schema,
-    infer_num_classes,
-    read_sample,
-    resolve_columns,
-)
+from pipeline.datasets import infer_num_classes, label_range_of, resolve_columns
 from pipeline.errors import (
     ConfigError,
     DataError,
@@ -37,6 +28,7 @@ from pipeline.errors import (
     find_pipeline_error,
     first_line,
 )
+from pipeline.sources import Split, Splits, find_splits
 from pipeline.usercode import call_factory
 from pipeline.workload import (
     SUPERVISED_LOOP,
@@ -58,21 +50,12 @@ FORWARD_ROWS = 8  # the rows of its output the model's forward gets
 class Plan:
     workload: Workload
     splits: Splits
-    samples: dict[str, tuple[pa.Table, str]]  # split -> its first rows, and their file
+    samples: dict[str, tuple[pa.Table, str]]  # split -> its first rows, and where from
 
 
-def _columns_from_a_readable_file(cfg: PipelineConfig, split: Split, user_preprocess=False):
-    """Columns from the first train file; with bad_records=skip a bad first file is passed
-    over (the footer check then skips it too)."""
-    first_error = None
-    for path in split.files[: 1 if cfg.data.bad_records == "fail" else len(split.files)]:
-        one = Split(split.name, split.loc, [path])
-        try:
-            schema = first_schema(one)
-            return resolve_columns(cfg, schema, split.loc.uri_of(path), user_preprocess)
-        except DataError as e:
-            first_error = first_error or e
-    raise first_error
+def _columns(cfg: PipelineConfig, split: Split, user_preprocess=False):
+    """The columns the run reads, from the train split's schema."""
+    return resolve_columns(cfg, split.schema(cfg.data.bad_records), split.where, user_preprocess)
 
 
 def plan(cfg: PipelineConfig, code: UserCode | None = None) -> Plan:
@@ -80,17 +63,21 @@ def plan(cfg: PipelineConfig, code: UserCode | None = None) -> Plan:
     (classes, image shape) filled in."""
     splits = find_splits(cfg)
     user_preprocess = code is not None and code.preprocess is not None
-    cols = _columns_from_a_readable_file(cfg, splits.train, user_preprocess)
-    infos = check_split(splits.train, cfg, cols) + check_split(splits.validation, cfg, cols)
+    cols = _columns(cfg, splits.train, user_preprocess)
+    infos = splits.train.check(cfg, cols) + splits.validation.check(cfg, cols)
+    samples = {s.name: s.sample(cols.read, SAMPLE_ROWS) for s in (splits.train, splits.validation)}
     cfg = cfg.model_copy(deep=True)
     data = cfg.data
     if cfg.train.task == "classification" and data.num_classes is None:
-        data.num_classes, source = infer_num_classes(cols, infos, splits.train.loc.uri)
+        first_batch = None
+        if (
+            not splits.train.label_statistics
+        ):  # the format keeps none: the first batch says what it can
+            first_batch = label_range_of(samples["train"][0], cols.label)
+        data.num_classes, source = infer_num_classes(
+            cols, infos, splits.train.where, first_batch=first_batch
+        )
         log.info("classes: %d (data.num_classes, from %s)", data.num_classes, source)
-    samples = {
-        s.name: (read_sample(s, cols.read, SAMPLE_ROWS), s.files[0])
-        for s in (splits.train, splits.validation)
-    }
     builtin_images = (
         cols.kind == "image"
         and data.preprocess is None
@@ -101,7 +88,7 @@ def plan(cfg: PipelineConfig, code: UserCode | None = None) -> Plan:
         shape = infer_image_shape(encoded)
         if shape is None:
             raise DataError(
-                f"no image in the first rows of {splits.train.loc.uri_of(splits.train.files[0])} "
+                f"no image in the first rows of {splits.train.uri_prefix}{samples['train'][1]} "
                 f"column '{cols.image}' opens: set data.image_shape and data.image_encoding"
             )
         data.image_shape = shape
@@ -239,11 +226,12 @@ def learn_from_output(workload: Workload, result: dict) -> Workload:
 def local_workload(cfg: PipelineConfig, split: Split) -> Workload:
     """The workload of a config on one split's files, checked in this process (no Ray): what
     the bench preprocesses outside Ray. The config's dataset facts must be set."""
-    cols = _columns_from_a_readable_file(cfg, split)
+    cols = _columns(cfg, split)
     workload = build_workload(cfg, cols)
-    sample = (read_sample(split, cols.read, SAMPLE_ROWS), split.files[0])
-    prefix = "s3://" if split.loc.is_s3 else ""
-    result = _data_side(workload, {"train": sample}, {"train": split.loc.fs}, {"train": prefix})
+    sample = split.sample(cols.read, SAMPLE_ROWS)
+    result = _data_side(
+        workload, {"train": sample}, {"train": split.fs}, {"train": split.uri_prefix}
+    )
     result["validation"] = result["train"]
     learn_from_output(workload, result)
     workload.facts = _train_side(workload, result["train"]["rows"], run_forward=False)
@@ -278,8 +266,8 @@ def check_user_code(p: Plan, stamps: dict | None = None) -> Workload:
             data_task.remote(
                 workload,
                 p.samples,
-                {k: s.loc.fs for k, s in splits.items()},
-                {k: "s3://" if s.loc.is_s3 else "" for k, s in splits.items()},
+                {k: s.fs for k, s in splits.items()},
+                {k: s.uri_prefix for k, s in splits.items()},
             )
         )
         learn_from_output(workload, result)

@@ -90,7 +90,7 @@ def load_run(uri: str, s3: S3Section) -> Run:
         summary = _read_json(loc, summary_path)
         if not isinstance(summary, dict) or not isinstance(summary.get("history"), list):
             raise DataError(f'{loc.uri_of(summary_path)}: no per-epoch "history" list')
-    checkpoint = _latest_checkpoint_history(loc)
+    checkpoint = latest_checkpoint_history(loc)
 
     if summary is not None and (
         checkpoint is None or len(checkpoint[1]) <= len(summary["history"])
@@ -116,7 +116,7 @@ def load_run(uri: str, s3: S3Section) -> Run:
     )
 
 
-def _latest_checkpoint_history(loc: Location) -> tuple[str, list] | None:
+def latest_checkpoint_history(loc: Location) -> tuple[str, list] | None:
     """(path, history) of the highest-numbered epoch-NNNN/ that has a history.json; older ones
     may be gone (train.checkpoints_to_keep), the newest may still be uploading."""
     import pyarrow.fs as pafs

@@ -142,10 +142,10 @@ def upload(local_root: Path, uri: str, cfg: PipelineConfig) -> None:
 
 def bench_workload(cfg: PipelineConfig, ds: Dataset):
     """The image workload of the bench's dataset, checked on its first rows (no Ray)."""
-    from pipeline.datasets import Split
     from pipeline.preflight import local_workload
+    from pipeline.sources.parquet import ParquetSplit
 
-    return local_workload(cfg, Split("train", ds.loc, ds.files))
+    return local_workload(cfg, ParquetSplit("train", ds.loc, ds.files))
 
 
 def _exists(loc: Location) -> bool:

@@ -332,14 +332,14 @@ def measure_ray(
 
     from pipeline.cluster import warm_up_data_workers
     from pipeline.data import build_dataset
-    from pipeline.datasets import Split
+    from pipeline.sources.parquet import ParquetSplit
     from pipeline.train import build_trainer
 
     name = f"bench-collector-{time.time_ns()}"
     collector = ray.remote(_Collector).options(name=name, num_cpus=0).remote()
     workload = bench_workload(cfg, ds)
     train = build_dataset(
-        Split("train", ds.loc, ds.files),
+        ParquetSplit("train", ds.loc, ds.files),
         workload.spec,
         cfg.data,
         selector=cfg.data.placement.selector,

@@ -220,6 +220,7 @@ class TrainContext:
         self._run = self.config.storage.run_name
         self._rows_per_epoch = loop_config.get("train_rows")  # the whole split, all workers
         self._lease = loop_config.get("lease")  # the run's lease: checked before each checkpoint
+        self._source = loop_config.get("source")  # a table's snapshot/version: resume reads it
         self._running: dict[str, Any] = {}
         self._posted_at = 0.0
         self._warned_no_state = False
@@ -358,6 +359,8 @@ class TrainContext:
         rows_per_worker = _reduce_int(mine)
         record: dict[str, Any] = {"epoch": self.epoch + 1}
         record.update({k: _plain(v) for k, v in metrics.items()})
+        if self._source:
+            record["source"] = self._source
         record.update(
             {
                 "train_rows": int(total_rows),

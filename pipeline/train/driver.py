@@ -295,6 +295,7 @@ def run_training(
             "board": board_name(actors),
             "train_rows": p.splits.train.rows,
             "lease": lease.ticket(),
+            "source": p.splits.pinned(),  # the snapshot/version read: saved in every checkpoint
         }
         run_folder = f"{storage.uri}/{cfg.storage.run_name}"
         tracked = open_tracking(cfg, run_folder, job_id)
@@ -323,6 +324,7 @@ def run_training(
                 "ray_job_id": job_id,
                 "wall_s": round(time.monotonic() - started, 2),
                 "train_rows_in_dataset": p.splits.train.rows,
+                "source": p.splits.pinned() or None,  # the table snapshot/version each split read
                 "class_names": workload.columns.class_names,
                 "runtime_env": runtime_env or None,
                 "startup": startup_phases(stamps),

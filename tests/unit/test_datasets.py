@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
-from pipeline.datasets import find_splits, resolve_columns, split_of
+from pipeline.datasets import resolve_columns
 from pipeline.errors import DataError
+from pipeline.sources import find_splits
+from pipeline.sources.files import split_of
 
 
 @pytest.mark.parametrize(
@@ -94,7 +96,8 @@ def test_feature_columns_make_a_table_and_a_missing_one_is_named():
 
 
 def test_a_feature_column_that_is_not_numeric_is_named_with_its_file(tmp_path):
-    from pipeline.datasets import Split, check_split
+    from pipeline.sources.parquet import ParquetSplit as Split
+    from pipeline.sources.parquet import check_split
     from pipeline.storage import resolve
 
     table = pa.table({"a": [1.0, 2.0], "b": ["x", "y"], "label": [0, 1]})
@@ -112,7 +115,7 @@ def test_a_feature_column_that_is_not_numeric_is_named_with_its_file(tmp_path):
 def test_footers_are_read_with_the_sizes_the_listing_gave(tmp_path):
     """The split keeps each file's size from the listing, so a footer is one read of the
     file's tail; rows are counted as before and a file cut short is still named."""
-    from pipeline.datasets import check_split, resolve_columns
+    from pipeline.sources.parquet import check_split
 
     _write(tmp_path / "train" / "a.parquet", _table(3))
     _write(tmp_path / "train" / "b.parquet", _table(5))
