@@ -54,8 +54,17 @@ class Plan:
 
 
 def _columns(cfg: PipelineConfig, split: Split, user_preprocess=False):
-    """The columns the run reads, from the train split's schema."""
-    return resolve_columns(cfg, split.schema(cfg.data.bad_records), split.where, user_preprocess)
+    """The columns the run reads, from the train split's schema: with bad_records=skip, from
+    its first file whose columns resolve (a bad file is then skipped by the footer check)."""
+    first_error = None
+    for schema, where in split.schemas(cfg.data.bad_records):
+        try:
+            if isinstance(schema, DataError):
+                raise schema
+            return resolve_columns(cfg, schema, where, user_preprocess)
+        except DataError as e:
+            first_error = first_error or e
+    raise first_error
 
 
 def plan(cfg: PipelineConfig, code: UserCode | None = None) -> Plan:

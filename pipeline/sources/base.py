@@ -49,6 +49,12 @@ class Split:
         """The columns of the split (its first readable file, or the table's schema)."""
         raise NotImplementedError
 
+    def schemas(self, bad_records: str = "fail"):
+        """(schema, where) to find the run's columns in: the split's schema; a source of
+        files gives each file's, so with bad_records=skip a file of another schema can be
+        passed over."""
+        yield self.schema(bad_records), self.where
+
     def check(self, cfg, cols: Columns) -> list[FileInfo]:
         """Check the split against the columns the run reads; sets ``rows``. Returns what the
         format's metadata says of each part (rows, label range), or [] when it says nothing."""

@@ -44,6 +44,18 @@ class ParquetSplit(FileSplit):
                 )
         raise first_error
 
+    def schemas(self, bad_records: str = "fail"):
+        """Each file's schema in turn (only the first with bad_records=fail): one of another
+        schema, or unreadable, is passed over when the policy skips bad files."""
+        for path in self.files[: 1 if bad_records == "fail" else len(self.files)]:
+            one = type(self)(self.name, self.loc, [path])
+            try:
+                yield one.schema(), self.loc.uri_of(path)
+            except DataError as e:
+                if bad_records == "fail":
+                    raise
+                yield e, self.loc.uri_of(path)
+
     def check(self, cfg: PipelineConfig, cols: Columns, *, threads: int = 16) -> list[FileInfo]:
         return check_split(self, cfg, cols, threads=threads)
 

@@ -230,10 +230,14 @@ class TrainContext:
                 self.say(f"resuming from epoch {self.start_epoch} ({self._checkpoint.path})")
         self.epoch = self.start_epoch  # epochs finished so far
         self._validates = False
+        # With bad_records=skip no pass starts ahead: the ledger counts skipped records per
+        # epoch (reset at each report), and a pass started before the report would have its
+        # counts wiped or given to the epoch before.
+        ahead = self.config.data.bad_records != "skip"
         for shard in (self._train_shard, self._val_shard):
-            if isinstance(shard, EpochIterator):
+            if isinstance(shard, EpochIterator) and ahead:
                 shard.plan(self.start_epoch, len(self.epochs))
-        if isinstance(self._train_shard, EpochIterator):
+        if isinstance(self._train_shard, EpochIterator) and ahead:
             self._train_shard.start(self.start_epoch)
         self._stamps.stamp("shards_ready")
         self._stats = _EpochStats(self.device)
