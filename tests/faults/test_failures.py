@@ -94,7 +94,8 @@ def test_s3_gone_for_good_fails_with_one_line_and_keeps_checkpoints(
 def test_driver_killed_while_a_checkpoint_uploads_then_rerun_resumes(
     ray_cluster, s3, proxy, faults_data, tmp_path
 ):
-    cfg = fault_config(tmp_path, proxy.url, "driver-kill")
+    # a short lease: the killed driver's lease goes stale soon, and its retry takes it over
+    cfg = fault_config(tmp_path, proxy.url, "driver-kill", storage__lease_ttl_s=5)
     proxy.hold(b"driver-kill/epoch-0002/state.pt")
     run = TrainRun(ray_cluster, cfg, s3, "driver-kill").start()
     assert proxy.held.wait(timeout=300), "the epoch-2 checkpoint upload never started"
@@ -106,8 +107,10 @@ def test_driver_killed_while_a_checkpoint_uploads_then_rerun_resumes(
         "ray-pipeline-faults", "checkpoints/driver-kill/"
     )
     proxy.release()
-    # the same command again, as a RayJob retry would run it
-    r = run_cli(*run.args[3:], timeout=600)
+    # the same command again, as a RayJob retry would run it, waiting for the dead driver's
+    # lease to go stale (storage.lease_ttl_s) instead of refusing
+    r = run_cli(*run.args[3:], "--wait-for-run", timeout=600)
     finished_run(r, faults_data, s3, "driver-kill")
+    assert "taking over run 'driver-kill'" in r.output
     assert "resuming from epoch 1" in r.output
     assert "epoch 1/2:" not in r.output
