@@ -17,7 +17,6 @@ with fresh augmentation. It plugs into Ray Train as a ``DataConfig``: loops stil
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -26,8 +25,6 @@ from typing import Any
 
 from ray.data import DataIterator
 from ray.train import DataConfig
-
-log = logging.getLogger(__name__)
 
 FIRST_BLOCK_GUESS_S = 2.0  # a pass's start-up before one was measured
 MIN_LEAD_S, MAX_LEAD_S = 0.5, 30.0
